@@ -1,0 +1,88 @@
+//! The library's error type: every failure a user can cause has its own variant that names
+//! the file, field or tensor at fault, so the message says what to fix.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    // ---- config.json ----
+    #[error("{path} is not valid JSON: {reason}")]
+    ConfigSyntax { path: String, reason: String },
+    #[error("config.json: required field `{field}` is missing")]
+    ConfigMissingField { field: &'static str },
+    #[error("config.json: field `{field}` is invalid: {reason}")]
+    ConfigInvalidField { field: &'static str, reason: String },
+    #[error(
+        "config.json describes a `{found}` model; puyu runs InternLM2 \
+         (architectures: InternLM2ForCausalLM, model_type: internlm2)"
+    )]
+    UnsupportedArchitecture { found: String },
+    #[error(
+        "config.json: rope scaling type `{kind}` is not supported \
+         (supported: none, \"dynamic\", \"linear\")"
+    )]
+    UnsupportedRopeScaling { kind: String },
+
+    // ---- checkpoint files ----
+    #[error("{file}: not a valid safetensors file: {reason}")]
+    SafetensorsFormat { file: String, reason: String },
+    #[error("{file} is truncated: the header promises {expected} bytes, the file has {actual}")]
+    TruncatedFile {
+        file: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("{dir}: no model.safetensors or model.safetensors.index.json (nor *.safetensors) found")]
+    NoWeights { dir: String },
+    #[error("{file}: shard index is invalid: {reason}")]
+    ShardIndex { file: String, reason: String },
+    #[error("tensor `{name}` is missing from the checkpoint")]
+    MissingTensor { name: String },
+    #[error("tensor `{name}` has shape {actual:?}, expected {expected:?}")]
+    WrongShape {
+        name: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
+    #[error("tensor `{name}` has dtype {dtype}; puyu reads BF16, F16 and F32 weights")]
+    WrongDtype { name: String, dtype: String },
+
+    // ---- running the model ----
+    #[error("token id {id} is outside the vocabulary (size {vocab})")]
+    TokenOutOfRange { id: u32, vocab: usize },
+    #[error("empty input: at least one token is needed")]
+    EmptyInput,
+    #[error("{what} needs at least {needed} tokens, got {got}")]
+    TooFewTokens {
+        what: &'static str,
+        needed: usize,
+        got: usize,
+    },
+
+    // ---- GPU ----
+    #[error("no GPU adapter found ({detail}); on Linux install a Vulkan driver, e.g. `apt-get install mesa-vulkan-drivers`")]
+    NoAdapter { detail: String },
+    #[error("GPU device request failed: {0}")]
+    DeviceRequest(String),
+    #[error("GPU error: {0}")]
+    Gpu(String),
+}
+
+impl Error {
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

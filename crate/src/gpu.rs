@@ -1,0 +1,165 @@
+//! The GPU context: adapter, device and queue, with what was chosen reported, and the
+//! small helpers every kernel call needs (upload, read back).
+//!
+//! This is the start of the WebGPU engine; today it runs the element-wise kernel that the
+//! smoke test uses to prove a real driver executes our WGSL.
+
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+
+/// WGSL sources, one file per op family (see `shaders/`).
+pub mod shaders {
+    pub const ELEMENTWISE: &str = include_str!("../../shaders/elementwise.wgsl");
+    /// Every shader, by file name, for validation.
+    pub const ALL: &[(&str, &str)] = &[("elementwise.wgsl", ELEMENTWISE)];
+}
+
+pub struct Gpu {
+    pub adapter_info: wgpu::AdapterInfo,
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+}
+
+/// The adapters wgpu can see on `backends`, for `puyu info`.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn list_adapters(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
+    let instance = instance(backends);
+    pollster::block_on(instance.enumerate_adapters(backends))
+}
+
+fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = backends;
+    wgpu::Instance::new(desc)
+}
+
+impl Gpu {
+    /// Opens the best adapter on `backends` with that adapter's own limits (not wgpu's
+    /// conservative defaults). Fails with [`Error::NoAdapter`] when there is none.
+    pub async fn new(backends: wgpu::Backends) -> Result<Gpu> {
+        let instance = instance(backends);
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::NoAdapter {
+                detail: e.to_string(),
+            })?;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("puyu"),
+                required_limits: adapter.limits(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::DeviceRequest(e.to_string()))?;
+        Ok(Gpu {
+            adapter_info: adapter.get_info(),
+            device,
+            queue,
+        })
+    }
+
+    fn storage(&self, label: &str, data: &[f32]) -> wgpu::Buffer {
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::cast_slice(data),
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            })
+    }
+
+    /// Copies `buffer` to the CPU.
+    pub async fn read_f32(&self, buffer: &wgpu::Buffer) -> Result<Vec<f32>> {
+        let size = buffer.size();
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
+        self.queue.submit([encoder.finish()]);
+
+        let (tx, rx) = futures_channel::oneshot::channel();
+        staging
+            .slice(..)
+            .map_async(wgpu::MapMode::Read, move |r| drop(tx.send(r)));
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(e.to_string()))?;
+        rx.await
+            .map_err(|_| Error::Gpu("buffer mapping was cancelled".into()))?
+            .map_err(|e| Error::Gpu(e.to_string()))?;
+        let view = staging
+            .slice(..)
+            .get_mapped_range()
+            .map_err(|e| Error::Gpu(e.to_string()))?;
+        let data = bytemuck::cast_slice(&view).to_vec();
+        drop(view);
+        staging.unmap();
+        Ok(data)
+    }
+
+    /// `a + b` on the GPU, with the `add` kernel of `elementwise.wgsl`.
+    pub async fn add(&self, a: &[f32], b: &[f32]) -> Result<Vec<f32>> {
+        assert_eq!(a.len(), b.len(), "add: operands differ in length");
+        let n = a.len() as u32;
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some("elementwise.wgsl"),
+                source: wgpu::ShaderSource::Wgsl(shaders::ELEMENTWISE.into()),
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some("add"),
+                layout: None,
+                module: &module,
+                entry_point: Some("add"),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        let (ba, bb) = (self.storage("a", a), self.storage("b", b));
+        let out = self.storage("out", &vec![0.0; a.len()]);
+        let params = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: bytemuck::cast_slice(&[n, 0, 0, 0]),
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("add"),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &[
+                entry(0, &ba),
+                entry(1, &bb),
+                entry(2, &out),
+                entry(3, &params),
+            ],
+        });
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bind, &[]);
+            pass.dispatch_workgroups(n.div_ceil(64), 1, 1);
+        }
+        self.queue.submit([encoder.finish()]);
+        self.read_f32(&out).await
+    }
+}
+
+fn entry(binding: u32, buffer: &wgpu::Buffer) -> wgpu::BindGroupEntry<'_> {
+    wgpu::BindGroupEntry {
+        binding,
+        resource: buffer.as_entire_binding(),
+    }
+}

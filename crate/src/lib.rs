@@ -1,0 +1,31 @@
+//! puyu runs the InternLM2 family (书生·浦语 2.0) on WebGPU, natively and in the browser.
+//!
+//! Today: the HF config and checkpoint readers, the CPU reference forward pass (the oracle
+//! for everything on the GPU), the tiny golden checkpoints, perplexity, and the GPU context.
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod gpu;
+pub mod perplexity;
+pub mod reference;
+pub mod rope;
+pub mod tiny;
+
+pub use checkpoint::{Checkpoint, WeightSource};
+pub use config::{ModelConfig, RopeScaling};
+pub use error::{Error, Result};
+
+/// Loads the CPU reference model from an HF InternLM2 folder (config.json + safetensors).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_hf_reference(dir: &std::path::Path) -> Result<reference::Model> {
+    let config = ModelConfig::from_file(&dir.join("config.json"))?;
+    let ckpt = Checkpoint::open_dir(dir)?;
+    reference::Model::load(config, &ckpt)
+}
+
+/// Builds the CPU reference model of a tiny checkpoint in memory (no files).
+pub fn tiny_reference(spec: &tiny::TinySpec) -> Result<reference::Model> {
+    let ckpt = Checkpoint::from_bytes("model.safetensors", spec.safetensors())?;
+    reference::Model::load(spec.config(), &ckpt)
+}

@@ -1,0 +1,100 @@
+//! The `puyu` binary as a user runs it (a subprocess): happy paths on the bundled tiny
+//! models, and clear failures on bad input.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::Golden;
+
+fn puyu(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_puyu"))
+        .args(args)
+        .output()
+        .expect("the puyu binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `perplexity --json` on the golden prompt equals the NLL that HF transformers computed
+/// (tools/reference_dump.py: cross-entropy in f64 on its f32 logits). Tolerance 1e-3, as
+/// for the logits the NLL is made of.
+#[test]
+fn perplexity_json_matches_the_reference() {
+    for name in ["tiny", "tiny-ntk"] {
+        let golden = Golden::load(name);
+        let (_, ids) = golden.ids("prompt_ids");
+        let (_, want) = golden.f32("prompt_nll");
+        let ids_json = serde_json::to_string(&ids).unwrap();
+        let out = puyu(&["perplexity", "--model", name, "--ids", &ids_json, "--device", "cpu", "--json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["tokens"], ids.len());
+        let nll: Vec<f64> = serde_json::from_value(report["nll"].clone()).unwrap();
+        assert_eq!(nll.len(), ids.len() - 1);
+        for (i, (g, w)) in nll.iter().zip(&want).enumerate() {
+            assert!((g - *w as f64).abs() <= 1e-3, "{name}: nll[{i}] {g} vs {w}");
+        }
+        let mean = nll.iter().sum::<f64>() / nll.len() as f64;
+        assert!((report["mean_nll"].as_f64().unwrap() - mean).abs() < 1e-9);
+        assert!((report["ppl"].as_f64().unwrap() / mean.exp() - 1.0).abs() < 1e-9);
+    }
+}
+
+#[test]
+fn perplexity_reads_an_hf_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = puyu(&["dev", "write-tiny", "tiny", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let args = |model: &str| {
+        let out = puyu(&["perplexity", "--model", model, "--ids", "[1, 2136, 505, 395]", "--device", "cpu", "--json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        out.stdout
+    };
+    assert_eq!(args(dir.path().to_str().unwrap()), args("tiny"));
+}
+
+#[test]
+fn greedy_continuation_matches_the_reference() {
+    let golden = Golden::load("tiny");
+    let (_, ids) = golden.ids("prompt_ids");
+    let (_, greedy) = golden.ids("greedy_ids");
+    let ids_json = serde_json::to_string(&ids).unwrap();
+    let out = puyu(&["continue", "--model", "tiny", "--ids", &ids_json, "--max-tokens", "8"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got: Vec<u32> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got, greedy[..8]);
+}
+
+#[test]
+fn bad_input_fails_clearly() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["perplexity", "--model", "/no/such/folder", "--ids", "[1,2]", "--device", "cpu"], "neither a folder"),
+        (&["perplexity", "--ids", "[1, 2", "--device", "cpu"], "JSON array"),
+        (&["perplexity", "--ids", "[1]", "--device", "cpu"], "at least 2 tokens"),
+        (&["perplexity", "--ids", "[1, 99999999]", "--device", "cpu"], "outside the vocabulary"),
+        (&["info", "--backend", "quantum"], "invalid value"),
+    ];
+    for (args, needle) in cases {
+        let out = puyu(args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = stderr(&out);
+        assert!(err.contains(needle), "{args:?}: expected `{needle}` in: {err}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), "{\"model_type\": \"internlm2\"}").unwrap();
+    let out = puyu(&["perplexity", "--model", dir.path().to_str().unwrap(), "--ids", "[1,2]", "--device", "cpu"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("`hidden_size` is missing"), "{}", stderr(&out));
+}
+
+#[test]
+fn info_lists_the_adapter() {
+    let out = puyu(&["info"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("adapter 0:") && text.contains("max_storage_buffer_binding_size"), "{text}");
+}
