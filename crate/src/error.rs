@@ -56,6 +56,10 @@ pub enum Error {
     #[error("tensor `{name}` has dtype {dtype}; puyu reads BF16, F16 and F32 weights")]
     WrongDtype { name: String, dtype: String },
 
+    // ---- tokenizer ----
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
     // ---- running the model ----
     #[error("token id {id} is outside the vocabulary (size {vocab})")]
     TokenOutOfRange { id: u32, vocab: usize },

@@ -4,6 +4,7 @@
 //! for everything on the GPU), the tiny golden checkpoints, perplexity, and the GPU context.
 
 pub mod checkpoint;
+pub mod chat;
 pub mod config;
 pub mod error;
 pub mod gpu;
@@ -11,10 +12,12 @@ pub mod perplexity;
 pub mod reference;
 pub mod rope;
 pub mod tiny;
+pub mod tokenizer;
 
 pub use checkpoint::{Checkpoint, WeightSource};
 pub use config::{ModelConfig, RopeScaling};
 pub use error::{Error, Result};
+pub use tokenizer::Tokenizer;
 
 /// Loads the CPU reference model from an HF InternLM2 folder (config.json + safetensors).
 #[cfg(not(target_arch = "wasm32"))]
