@@ -7,10 +7,12 @@ pub mod checkpoint;
 pub mod chat;
 pub mod config;
 pub mod error;
+pub mod generate;
 pub mod gpu;
 pub mod perplexity;
 pub mod reference;
 pub mod rope;
+pub mod sampling;
 pub mod tiny;
 pub mod tokenizer;
 

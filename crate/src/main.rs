@@ -16,7 +16,14 @@ mod cli {
     use anyhow::{bail, Context};
     use clap::{Parser, Subcommand, ValueEnum};
 
-    use puyu::{gpu, perplexity, reference, tiny};
+    use std::io::Write;
+    use std::ops::ControlFlow;
+    use std::time::Instant;
+
+    use puyu::chat::{self, Message, System, Template};
+    use puyu::generate::{generate, GenerateOptions};
+    use puyu::sampling::SamplingParams;
+    use puyu::{gpu, perplexity, reference, tiny, Tokenizer};
 
     #[derive(Parser)]
     #[command(name = "puyu", version, about = "InternLM2 (书生·浦语 2.0) on WebGPU")]
@@ -32,6 +39,49 @@ mod cli {
             #[arg(long, value_enum, default_value_t = Backend::Auto)]
             backend: Backend,
         },
+        /// Generate text from a prompt, streamed to stdout (statistics on stderr).
+        Run {
+            /// An HF InternLM2 folder, or a bundled tiny model: `tiny` or `tiny-ntk`.
+            #[arg(long, default_value = "tiny")]
+            model: String,
+            #[arg(long)]
+            prompt: String,
+            /// Wrap the prompt in InternLM2-Chat's template (with the default system prompt
+            /// unless --system is given).
+            #[arg(long)]
+            chat: bool,
+            /// The system prompt for --chat (an empty string for none).
+            #[arg(long, requires = "chat")]
+            system: Option<String>,
+            #[arg(long, default_value_t = 128)]
+            max_tokens: usize,
+            /// 0 is greedy.
+            #[arg(long, default_value_t = 0.8)]
+            temperature: f32,
+            /// 0 keeps every token.
+            #[arg(long, default_value_t = 50)]
+            top_k: usize,
+            #[arg(long, default_value_t = 0.8)]
+            top_p: f32,
+            #[arg(long, default_value_t = 1.0)]
+            repeat_penalty: f32,
+            /// Random seed (default: from the clock, printed with the statistics).
+            #[arg(long)]
+            seed: Option<u64>,
+            /// Where to compute: `cpu` runs the f32 reference (the GPU engine is not built yet).
+            #[arg(long, value_enum, default_value_t = Device::Cpu)]
+            device: Device,
+        },
+        /// Print the token ids of TEXT as a JSON array.
+        Tokenize {
+            /// A model folder, a tokenizer.model or tokenizer.json file, or `tiny`.
+            #[arg(long, default_value = "tiny")]
+            model: String,
+            /// Leave out the leading <s>.
+            #[arg(long)]
+            no_bos: bool,
+            text: String,
+        },
         /// Per-token negative log-likelihood of a token sequence.
         Perplexity {
             /// An HF InternLM2 folder (config.json + safetensors), or a bundled tiny model:
@@ -41,7 +91,7 @@ mod cli {
             /// The tokens as a JSON array of ids, e.g. `[1, 2136, 505]`.
             #[arg(long, conflicts_with = "file")]
             ids: Option<String>,
-            /// A text file to score (needs the tokenizer, which is not built yet).
+            /// A text file to score (tokenized with <s> first).
             #[arg(long)]
             file: Option<PathBuf>,
             /// Where to compute: `cpu` runs the f32 reference.
@@ -74,6 +124,12 @@ mod cli {
         /// Write a bundled tiny checkpoint as an HF folder (config.json, model.safetensors,
         /// tokenizer.model).
         WriteTiny { name: String, dir: PathBuf },
+        /// Encoding speed on a text file (tokens/s), for comparison with sentencepiece.
+        BenchTokenizer {
+            file: PathBuf,
+            #[arg(long, default_value_t = 5)]
+            repeat: usize,
+        },
     }
 
     #[derive(Clone, Copy, ValueEnum)]
@@ -129,11 +185,12 @@ mod cli {
                 }
                 let tokens = match (ids, file) {
                     (Some(ids), _) => parse_ids(&ids)?,
-                    (None, Some(_)) => bail!(
-                        "scoring a text file needs the tokenizer, which is not built yet; \
-                         pass the token ids with --ids"
-                    ),
-                    (None, None) => bail!("give the tokens with --ids '[1, 2, 3]'"),
+                    (None, Some(file)) => {
+                        let text = std::fs::read_to_string(&file)
+                            .with_context(|| format!("reading {}", file.display()))?;
+                        load_tokenizer(&model)?.encode(&text, true)?
+                    }
+                    (None, None) => bail!("give the text with --file or the tokens with --ids '[1, 2, 3]'"),
                 };
                 let model = load_reference(&model)?;
                 let report = perplexity::cpu(&model, &tokens)?;
@@ -145,6 +202,88 @@ mod cli {
                         report.tokens, report.mean_nll, report.ppl
                     );
                 }
+                Ok(())
+            }
+            Command::Run {
+                model,
+                prompt,
+                chat,
+                system,
+                max_tokens,
+                temperature,
+                top_k,
+                top_p,
+                repeat_penalty,
+                seed,
+                device,
+            } => {
+                if device == Device::Gpu {
+                    bail!("the GPU engine is not built yet; use --device cpu");
+                }
+                let seed = seed.unwrap_or_else(|| {
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as u64)
+                });
+                let sampling = SamplingParams {
+                    temperature,
+                    top_k,
+                    top_p,
+                    repeat_penalty,
+                    seed,
+                    ..Default::default()
+                };
+                sampling.validate().map_err(anyhow::Error::msg)?;
+                let tokenizer = load_tokenizer(&model)?;
+                let reference = load_reference(&model)?;
+                let ids = if chat {
+                    let system = match system {
+                        None => System::Default,
+                        Some(s) if s.is_empty() => System::None,
+                        Some(s) => System::Custom(s),
+                    };
+                    let template = Template { system, ..Default::default() };
+                    template.encode(&tokenizer, &[Message::user(prompt)])?
+                } else {
+                    tokenizer.encode(&prompt, true)?
+                };
+                let mut stop_ids = reference.config.eos_token_ids.clone();
+                let mut stop_strings = Vec::new();
+                if chat {
+                    stop_ids.extend(chat::STOP_IDS);
+                    stop_strings.extend(chat::STOP_STRINGS.map(String::from));
+                }
+                let options = GenerateOptions { max_tokens, stop_ids, stop_strings, sampling };
+                let start = Instant::now();
+                let mut first_token = None;
+                let mut stdout = std::io::stdout().lock();
+                let mut session = reference.new_session();
+                let out = generate(&reference, &mut session, &tokenizer, &ids, &options, |_, text| {
+                    first_token.get_or_insert_with(Instant::now);
+                    let _ = stdout.write_all(text.as_bytes());
+                    let _ = stdout.flush();
+                    ControlFlow::Continue(())
+                })?;
+                let _ = writeln!(stdout);
+                let end = Instant::now();
+                let first = first_token.unwrap_or(end);
+                let prefill = first.duration_since(start).as_secs_f64();
+                let decode = end.duration_since(first).as_secs_f64();
+                let decoded = out.ids.len().saturating_sub(1);
+                eprintln!(
+                    "prompt {} tokens, {:.1} tok/s | generated {} tokens, {:.1} tok/s | first token {:.0} ms | {:?} | seed {seed} | cpu reference",
+                    ids.len(),
+                    ids.len() as f64 / prefill.max(1e-9),
+                    out.ids.len(),
+                    decoded as f64 / decode.max(1e-9),
+                    prefill * 1e3,
+                    out.finish,
+                );
+                Ok(())
+            }
+            Command::Tokenize { model, no_bos, text } => {
+                let ids = load_tokenizer(&model)?.encode(&text, !no_bos)?;
+                println!("{}", serde_json::to_string(&ids)?);
                 Ok(())
             }
             Command::Continue {
@@ -171,6 +310,30 @@ mod cli {
                 Ok(())
             }
             Command::Dev {
+                tool: DevTool::BenchTokenizer { file, repeat },
+            } => {
+                let text = std::fs::read_to_string(&file)?;
+                let t0 = Instant::now();
+                let tokenizer = Tokenizer::from_sentencepiece(tiny::TOKENIZER_MODEL)?;
+                let load = t0.elapsed().as_secs_f64();
+                let mut rates = Vec::new();
+                let mut n = 0;
+                for _ in 0..repeat.max(1) {
+                    let t = Instant::now();
+                    n = tokenizer.encode(&text, false)?.len();
+                    rates.push(n as f64 / t.elapsed().as_secs_f64());
+                }
+                rates.sort_by(f64::total_cmp);
+                println!(
+                    "{{\"tokens\": {n}, \"bytes\": {}, \"median_tokens_per_s\": {:.0}, \"min\": {:.0}, \"max\": {:.0}, \"load_s\": {load:.3}}}",
+                    text.len(),
+                    rates[rates.len() / 2],
+                    rates[0],
+                    rates[rates.len() - 1]
+                );
+                Ok(())
+            }
+            Command::Dev {
                 tool: DevTool::WriteTiny { name, dir },
             } => {
                 let spec = tiny::TinySpec::by_name(&name)
@@ -192,6 +355,19 @@ mod cli {
             bail!("model `{model}` is neither a folder nor a bundled model (tiny, tiny-ntk)");
         }
         Ok(puyu::load_hf_reference(&dir)?)
+    }
+
+    /// The tokenizer of a bundled tiny model (the real InternLM2 one), a model folder, or a
+    /// tokenizer.model / tokenizer.json file.
+    fn load_tokenizer(model: &str) -> anyhow::Result<Tokenizer> {
+        if tiny::TinySpec::by_name(model).is_some() {
+            return Ok(Tokenizer::from_sentencepiece(tiny::TOKENIZER_MODEL)?);
+        }
+        let path = PathBuf::from(model);
+        if !path.exists() {
+            bail!("model `{model}` is neither a folder, a tokenizer file nor a bundled model (tiny, tiny-ntk)");
+        }
+        Ok(Tokenizer::open(&path)?)
     }
 
     fn parse_ids(text: &str) -> anyhow::Result<Vec<u32>> {

@@ -88,7 +88,6 @@ mod proto {
     pub const UNKNOWN: i32 = 2;
     pub const CONTROL: i32 = 3;
     pub const USER_DEFINED: i32 = 4;
-    pub const BYTE: i32 = 6;
     pub const BPE: i32 = 2;
 }
 

@@ -98,3 +98,63 @@ fn info_lists_the_adapter() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("adapter 0:") && text.contains("max_storage_buffer_binding_size"), "{text}");
 }
+
+#[test]
+fn tokenize_prints_ids_from_every_kind_of_path() {
+    let model_file = common::repo_root().join("crate/assets/internlm2-tokenizer/tokenizer.model");
+    let json_dir = tempfile::tempdir().unwrap();
+    let t = puyu::Tokenizer::from_sentencepiece(puyu::tiny::TOKENIZER_MODEL).unwrap();
+    std::fs::write(json_dir.path().join("tokenizer.json"), t.to_json().unwrap()).unwrap();
+    for model in ["tiny", model_file.to_str().unwrap(), json_dir.path().to_str().unwrap()] {
+        let out = puyu(&["tokenize", "--model", model, "你好，世界！"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let ids: Vec<u32> = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(ids, [1, 77230, 60353, 68339, 60477], "{model}");
+        let out = puyu(&["tokenize", "--model", model, "--no-bos", "Hello world"]);
+        assert_eq!(serde_json::from_slice::<Vec<u32>>(&out.stdout).unwrap(), [9843, 2028]);
+    }
+}
+
+/// `perplexity --file` tokenizes the text (with <s>) and scores the same ids as `--ids`.
+#[test]
+fn perplexity_of_a_text_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("text.txt");
+    std::fs::write(&file, "书生·浦语2.0（InternLM2）支持200K超长上下文。").unwrap();
+    let by_file = puyu(&["perplexity", "--file", file.to_str().unwrap(), "--device", "cpu", "--json"]);
+    assert!(by_file.status.success(), "{}", stderr(&by_file));
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::repo_root().join("crate/assets/internlm2-tokenizer/golden.json")).unwrap(),
+    )
+    .unwrap();
+    let entry = golden["encode"].as_array().unwrap().iter().find(|e| e["text"].as_str().unwrap().starts_with("书生")).unwrap();
+    let mut ids = vec![1u32];
+    ids.extend(serde_json::from_value::<Vec<u32>>(entry["ids"].clone()).unwrap());
+    let by_ids = puyu(&["perplexity", "--ids", &serde_json::to_string(&ids).unwrap(), "--device", "cpu", "--json"]);
+    assert_eq!(by_file.stdout, by_ids.stdout);
+    let missing = puyu(&["perplexity", "--file", "/no/such.txt", "--device", "cpu"]);
+    assert!(!missing.status.success() && stderr(&missing).contains("/no/such.txt"));
+}
+
+/// Greedy `run` prints the decoded greedy continuation, which the golden fixture fixes.
+#[test]
+fn run_streams_the_greedy_text() {
+    let golden = Golden::load("tiny");
+    let (_, prompt) = golden.ids("prompt_ids");
+    let (_, greedy) = golden.ids("greedy_ids");
+    let t = puyu::Tokenizer::from_sentencepiece(puyu::tiny::TOKENIZER_MODEL).unwrap();
+    let prompt_text = t.decode(&prompt[1..], false).unwrap();
+    assert_eq!(t.encode(&prompt_text, true).unwrap(), prompt, "the golden prompt is real text");
+    let out = puyu(&["run", "--prompt", &prompt_text, "--temperature", "0", "--max-tokens", "12"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let want = t.decode(&greedy[..12], true).unwrap();
+    assert_eq!(String::from_utf8(out.stdout.clone()).unwrap().trim_end_matches('\n'), want);
+    let err = stderr(&out);
+    assert!(err.contains(&format!("prompt {} tokens", prompt.len())) && err.contains("generated 12 tokens"), "{err}");
+
+    // Seeded sampling repeats; --chat wraps the prompt in the template.
+    let sampled = |seed: &str| puyu(&["run", "--prompt", "Hi", "--chat", "--seed", seed, "--max-tokens", "6"]).stdout;
+    assert_eq!(sampled("5"), sampled("5"));
+    let bad = puyu(&["run", "--prompt", "Hi", "--top-p", "0"]);
+    assert!(!bad.status.success() && stderr(&bad).contains("top_p"));
+}

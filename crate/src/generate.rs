@@ -1,0 +1,179 @@
+//! Generation on the CPU reference: prefill, then sample and decode one token at a time,
+//! streaming text, until a stop id, a stop string, max tokens, or the caller says stop.
+//! (The GPU engine will follow the same contract.)
+
+use std::ops::ControlFlow;
+
+use crate::error::Result;
+use crate::reference::{Model, Session};
+use crate::sampling::{Sampler, SamplingParams};
+use crate::tokenizer::Tokenizer;
+
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    /// Token ids that end the reply (not emitted as text).
+    pub stop_ids: Vec<u32>,
+    /// Strings that end the reply (the text before them is emitted, they are not).
+    pub stop_strings: Vec<String>,
+    pub sampling: SamplingParams,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// A stop id or stop string.
+    Stop,
+    /// max_tokens reached.
+    Length,
+    /// The callback asked to stop.
+    Cancelled,
+}
+
+#[derive(Clone, Debug)]
+pub struct Generation {
+    /// Every sampled id, the stop id included.
+    pub ids: Vec<u32>,
+    /// The emitted text.
+    pub text: String,
+    pub finish: FinishReason,
+}
+
+/// Runs `prompt` after what `session` holds, then generates. `on_token` sees each sampled id
+/// with the text it completes (possibly empty); returning `Break` cancels after that token.
+pub fn generate(
+    model: &Model,
+    session: &mut Session,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    options: &GenerateOptions,
+    mut on_token: impl FnMut(u32, &str) -> ControlFlow<()>,
+) -> Result<Generation> {
+    let vocab = model.config.vocab_size;
+    let mut sampler = Sampler::new(options.sampling.clone());
+    let mut stream = tokenizer.stream(true);
+    let mut stops = StopStrings::new(&options.stop_strings);
+    let mut history: Vec<u32> = prompt.to_vec();
+    let mut out = Generation {
+        ids: Vec::new(),
+        text: String::new(),
+        finish: FinishReason::Length,
+    };
+
+    let logits = model.forward(session, prompt)?;
+    let mut last = logits[logits.len() - vocab..].to_vec();
+    while out.ids.len() < options.max_tokens {
+        let id = sampler.sample(&last, &history);
+        out.ids.push(id);
+        history.push(id);
+        if options.stop_ids.contains(&id) {
+            out.finish = FinishReason::Stop;
+            break;
+        }
+        let piece = stream.push(id)?.unwrap_or_default();
+        let (text, stopped) = stops.feed(&piece);
+        out.text.push_str(&text);
+        let flow = on_token(id, &text);
+        if stopped {
+            out.finish = FinishReason::Stop;
+            break;
+        }
+        if flow.is_break() {
+            out.finish = FinishReason::Cancelled;
+            break;
+        }
+        if out.ids.len() == options.max_tokens {
+            break;
+        }
+        last = model.forward(session, &[id])?;
+    }
+    if out.finish != FinishReason::Stop {
+        // Whatever was held back (a partial stop string, an unfinished byte run) is text.
+        let rest = stream.finish().unwrap_or_default();
+        let (mut text, _) = stops.feed(&rest);
+        text.push_str(&stops.flush());
+        out.text.push_str(&text);
+        if !text.is_empty() {
+            let _ = on_token(*out.ids.last().expect("at least one token"), &text);
+        }
+    }
+    Ok(out)
+}
+
+/// Finds stop strings in streamed text, holding back any tail that could begin one.
+pub struct StopStrings {
+    stops: Vec<String>,
+    pending: String,
+}
+
+impl StopStrings {
+    pub fn new(stops: &[String]) -> Self {
+        StopStrings {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            pending: String::new(),
+        }
+    }
+
+    /// Adds text; returns what can be emitted and whether a stop string was reached (the
+    /// text before it is emitted, the rest dropped).
+    pub fn feed(&mut self, text: &str) -> (String, bool) {
+        self.pending.push_str(text);
+        let first_stop = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min();
+        if let Some(at) = first_stop {
+            let out = self.pending[..at].to_string();
+            self.pending.clear();
+            return (out, true);
+        }
+        // Keep the longest tail that is a prefix of some stop string.
+        let hold = self
+            .pending
+            .char_indices()
+            .map(|(i, _)| i)
+            .find(|&i| {
+                let tail = &self.pending[i..];
+                self.stops.iter().any(|s| s.starts_with(tail))
+            })
+            .unwrap_or(self.pending.len());
+        let out = self.pending[..hold].to_string();
+        self.pending.drain(..hold);
+        (out, false)
+    }
+
+    /// Ends the stream: what was held back is text after all.
+    pub fn flush(&mut self) -> String {
+        std::mem::take(&mut self.pending)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(stops: &[&str], chunks: &[&str]) -> (String, bool) {
+        let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
+        let mut s = StopStrings::new(&stops);
+        let mut out = String::new();
+        for c in chunks {
+            let (t, stopped) = s.feed(c);
+            out.push_str(&t);
+            if stopped {
+                return (out, true);
+            }
+        }
+        out.push_str(&s.flush());
+        (out, false)
+    }
+
+    #[test]
+    fn stop_strings_split_across_chunks() {
+        assert_eq!(run(&["<|im_end|>"], &["Hello", " wor", "ld<|im", "_end|>tail"]), ("Hello world".into(), true));
+        assert_eq!(run(&["END"], &["aEN", "Xb"]), ("aENXb".into(), false));
+        assert_eq!(run(&["END"], &["aEN"]), ("aEN".into(), false), "a partial stop at the end is text");
+        assert_eq!(run(&["xyz", "b"], &["aab", "c"]), ("aa".into(), true));
+        assert_eq!(run(&[], &["a", "b"]), ("ab".into(), false));
+        assert_eq!(run(&["你好"], &["说你", "好吗"]), ("说".into(), true));
+    }
+}
