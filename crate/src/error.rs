@@ -56,6 +56,24 @@ pub enum Error {
     #[error("tensor `{name}` has dtype {dtype}; puyu reads BF16, F16 and F32 weights")]
     WrongDtype { name: String, dtype: String },
 
+    // ---- puyu model folders ----
+    #[error("manifest.json is invalid: {reason}")]
+    ManifestInvalid { reason: String },
+    #[error("manifest.json has format {found}; this puyu reads {supported}: convert the model again with this version")]
+    UnsupportedFormatVersion { found: String, supported: String },
+    #[error("shard {file} is {actual} bytes, the manifest says {expected}: the download or copy is incomplete or corrupt")]
+    ShardSize { file: String, expected: u64, actual: u64 },
+    #[error("shard {file} is corrupt: sha256 {actual}, the manifest says {expected}")]
+    Sha256Mismatch { file: String, expected: String, actual: String },
+    #[error("manifest.json: `{tensor}` lies at bytes {offset}+{len} of {file}, which has {size}")]
+    ManifestOffsetOutOfRange { tensor: String, file: String, offset: u64, len: u64, size: u64 },
+    #[error("manifest.json: `{first}` and `{second}` overlap in {file}")]
+    ManifestOverlap { file: String, first: String, second: String },
+    #[error("{dir} exists and is not empty; pass --force to replace it")]
+    OutputExists { dir: String },
+    #[error("{dir} has neither tokenizer.json nor tokenizer.model")]
+    MissingTokenizer { dir: String },
+
     // ---- tokenizer ----
     #[error("tokenizer: {0}")]
     Tokenizer(String),

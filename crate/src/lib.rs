@@ -6,10 +6,14 @@
 pub mod checkpoint;
 pub mod chat;
 pub mod config;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod convert;
 pub mod error;
 pub mod generate;
 pub mod gpu;
+pub mod model_dir;
 pub mod perplexity;
+pub mod quant;
 pub mod reference;
 pub mod rope;
 pub mod sampling;
@@ -27,6 +31,18 @@ pub fn load_hf_reference(dir: &std::path::Path) -> Result<reference::Model> {
     let config = ModelConfig::from_file(&dir.join("config.json"))?;
     let ckpt = Checkpoint::open_dir(dir)?;
     reference::Model::load(config, &ckpt)
+}
+
+/// Loads the CPU reference model from a folder: a puyu model folder (manifest.json; the
+/// weights dequantized) or an HF checkpoint.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_reference(dir: &std::path::Path) -> Result<reference::Model> {
+    if model_dir::ModelDir::is_model_dir(dir) {
+        let m = model_dir::ModelDir::open(dir, false)?;
+        reference::Model::load(m.config.clone(), &m)
+    } else {
+        load_hf_reference(dir)
+    }
 }
 
 /// Builds the CPU reference model of a tiny checkpoint in memory (no files).

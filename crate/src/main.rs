@@ -39,9 +39,23 @@ mod cli {
             #[arg(long, value_enum, default_value_t = Backend::Auto)]
             backend: Backend,
         },
+        /// Convert an HF InternLM2 checkpoint (config.json, *.safetensors in bf16/f16/f32,
+        /// tokenizer.model or tokenizer.json) into a puyu model folder.
+        Convert {
+            hf_dir: PathBuf,
+            out_dir: PathBuf,
+            #[arg(long, default_value = "q4", value_parser = ["q4", "q8", "f16"])]
+            quant: String,
+            /// Replace OUT_DIR if it exists and is not empty.
+            #[arg(long)]
+            force: bool,
+            /// Largest shard in MiB.
+            #[arg(long, default_value_t = 512, hide = true)]
+            shard_mib: u64,
+        },
         /// Generate text from a prompt, streamed to stdout (statistics on stderr).
         Run {
-            /// An HF InternLM2 folder, or a bundled tiny model: `tiny` or `tiny-ntk`.
+            /// A puyu model folder, an HF InternLM2 folder, or a bundled tiny model: `tiny` or `tiny-ntk`.
             #[arg(long, default_value = "tiny")]
             model: String,
             #[arg(long)]
@@ -84,7 +98,7 @@ mod cli {
         },
         /// Per-token negative log-likelihood of a token sequence.
         Perplexity {
-            /// An HF InternLM2 folder (config.json + safetensors), or a bundled tiny model:
+            /// A puyu model folder, an HF InternLM2 folder, or a bundled tiny model:
             /// `tiny` or `tiny-ntk`.
             #[arg(long, default_value = "tiny")]
             model: String,
@@ -202,6 +216,36 @@ mod cli {
                         report.tokens, report.mean_nll, report.ppl
                     );
                 }
+                Ok(())
+            }
+            Command::Convert { hf_dir, out_dir, quant, force, shard_mib } => {
+                let options = puyu::convert::ConvertOptions {
+                    quant: quant.parse().map_err(anyhow::Error::msg)?,
+                    max_shard_bytes: shard_mib << 20,
+                    force,
+                };
+                let bar = indicatif::ProgressBar::new(0).with_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                    )?
+                    .progress_chars("=> "),
+                );
+                bar.set_message(format!("converting to {quant}"));
+                let start = Instant::now();
+                let manifest = puyu::convert::convert(&hf_dir, &out_dir, &options, |done, total| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                })?;
+                bar.finish_and_clear();
+                let bytes: u64 = manifest.shards.iter().map(|s| s.size).sum();
+                eprintln!(
+                    "wrote {} ({} tensors, {} shards, {:.1} MB, {quant}) in {:.1} s",
+                    out_dir.display(),
+                    manifest.tensors.len(),
+                    manifest.shards.len(),
+                    bytes as f64 / 1e6,
+                    start.elapsed().as_secs_f64()
+                );
                 Ok(())
             }
             Command::Run {
@@ -354,7 +398,7 @@ mod cli {
         if !dir.is_dir() {
             bail!("model `{model}` is neither a folder nor a bundled model (tiny, tiny-ntk)");
         }
-        Ok(puyu::load_hf_reference(&dir)?)
+        Ok(puyu::load_reference(&dir)?)
     }
 
     /// The tokenizer of a bundled tiny model (the real InternLM2 one), a model folder, or a
