@@ -177,6 +177,25 @@ impl Checkpoint {
         names
     }
 
+    /// Tells the OS that bytes `range` of tensor `name` will not be read again soon, so their
+    /// mapped pages stop counting towards this process's memory (they are read back from the
+    /// file if touched). Lets `convert` stream a checkpoint larger than RAM. A no-op for
+    /// checkpoints held in memory.
+    pub fn release(&self, name: &str, range: std::ops::Range<usize>) {
+        #[cfg(unix)]
+        if let Some(e) = self.entries.get(name) {
+            if let Bytes::Mapped(map) = &self.files[e.file].bytes {
+                let start = e.start + range.start.min(e.end - e.start);
+                let len = range.len().min(e.end - start);
+                // SAFETY: a read-only file mapping: MADV_DONTNEED drops the pages, and a later
+                // read faults the same bytes back in from the file.
+                let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len) };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (name, range);
+    }
+
     pub fn tensor(&self, name: &str) -> Result<TensorView<'_>> {
         let e = self.entries.get(name).ok_or_else(|| Error::MissingTensor {
             name: name.to_string(),

@@ -92,7 +92,9 @@ pub fn convert(
                 let mut row = part.rows[0];
                 while row < part.rows[1] {
                     let end = part.rows[1].min(row + block_rows);
-                    let x = to_f32(src.dtype, &src.data[row * cols * elem..end * cols * elem]).expect("dtype checked");
+                    let bytes = row * cols * elem..end * cols * elem;
+                    let x = to_f32(src.dtype, &src.data[bytes.clone()]).expect("dtype checked");
+                    ckpt.release(&sources[blob.tensor], bytes);
                     let (mut data, mut scales) = (Vec::new(), Vec::new());
                     entry.quant.quantize(&x, cols, &mut data, &mut scales);
                     let bytes = if blob.scales { scales } else { data };

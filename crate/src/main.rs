@@ -138,6 +138,9 @@ mod cli {
         /// Write a bundled tiny checkpoint as an HF folder (config.json, model.safetensors,
         /// tokenizer.model).
         WriteTiny { name: String, dir: PathBuf },
+        /// Write a random-weight HF checkpoint with real shapes (1_8b, 7b, 20b), bf16 shards of
+        /// 2 GiB with an index, for benchmarks. Never commit these.
+        WriteRandom { shape: String, dir: PathBuf },
         /// Encoding speed on a text file (tokens/s), for comparison with sentencepiece.
         BenchTokenizer {
             file: PathBuf,
@@ -375,6 +378,26 @@ mod cli {
                     rates[0],
                     rates[rates.len() - 1]
                 );
+                Ok(())
+            }
+            Command::Dev {
+                tool: DevTool::WriteRandom { shape, dir },
+            } => {
+                let spec = tiny::REAL_SHAPES
+                    .into_iter()
+                    .find(|s| s.name == shape)
+                    .with_context(|| format!("no shape `{shape}` (1_8b, 7b, 20b)"))?;
+                let bar = indicatif::ProgressBar::new(0).with_style(
+                    indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} eta {eta}")?
+                        .progress_chars("=> "),
+                );
+                bar.set_message(format!("writing random {shape}"));
+                spec.write_hf_sharded(&dir, |done, total| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                })?;
+                bar.finish_and_clear();
+                eprintln!("wrote random {shape} to {}", dir.display());
                 Ok(())
             }
             Command::Dev {

@@ -296,7 +296,7 @@ fn dtype_name(quant: Quant) -> &'static str {
 
 /// A safetensors header (8-byte length, JSON padded with spaces to 8 bytes) for blobs laid
 /// out back to back in the given order.
-fn header_bytes<'a>(items: impl Iterator<Item = (&'a str, &'static str, &'a [usize], u64)>) -> Vec<u8> {
+pub(crate) fn header_bytes<'a>(items: impl Iterator<Item = (&'a str, &'static str, &'a [usize], u64)>) -> Vec<u8> {
     let mut map = serde_json::Map::new();
     map.insert("__metadata__".into(), serde_json::json!({"format": FORMAT}));
     let mut offset = 0u64;

@@ -68,6 +68,14 @@ pub const TINY_NTK: TinySpec = TinySpec {
 
 pub const ALL: [TinySpec; 2] = [TINY, TINY_NTK];
 
+/// Random checkpoints with the real shapes, for measuring speed and memory without real
+/// weights (written with [`TinySpec::write_hf_sharded`]; never committed).
+pub const REAL_SHAPES: [TinySpec; 3] = [
+    TinySpec { name: "1_8b", hidden: 2048, intermediate: 8192, layers: 24, heads: 16, kv_heads: 8, max_position_embeddings: 32768, rope_theta: 1e6, dynamic_factor: 2.0, seed: 0x5eed_1008 },
+    TinySpec { name: "7b", hidden: 4096, intermediate: 14336, layers: 32, heads: 32, kv_heads: 8, max_position_embeddings: 32768, rope_theta: 1e6, dynamic_factor: 2.0, seed: 0x5eed_7000 },
+    TinySpec { name: "20b", hidden: 6144, intermediate: 16384, layers: 48, heads: 48, kv_heads: 8, max_position_embeddings: 32768, rope_theta: 1e6, dynamic_factor: 2.0, seed: 0x5eed_2000 },
+];
+
 impl TinySpec {
     pub fn by_name(name: &str) -> Option<TinySpec> {
         ALL.into_iter().find(|s| s.name == name)
@@ -108,13 +116,13 @@ impl TinySpec {
         ModelConfig::from_json_str(&self.config_json()).expect("tiny configs are valid")
     }
 
-    /// The weights as a bf16 safetensors file, in HF tensor names.
-    pub fn safetensors(&self) -> Vec<u8> {
+    /// Every tensor in generation order: (HF name, shape, centre, spread); values are
+    /// centre + spread·N(0,1), drawn in this order from one stream.
+    fn tensor_specs(&self) -> Vec<(String, Vec<usize>, f64, f64)> {
         let (h, i) = (self.hidden, self.intermediate);
         let hd = h / self.heads;
         let qkv_rows = (self.heads + 2 * self.kv_heads) * hd;
         let inv = |n: usize| 1.0 / (n as f64).sqrt();
-        let mut rng = Rng(self.seed);
 
         // (name, shape, how its values are drawn): centre + spread·N(0,1).
         let mut specs: Vec<(String, Vec<usize>, f64, f64)> =
@@ -134,8 +142,14 @@ impl TinySpec {
         specs.push(("model.norm.weight".into(), vec![h], 1.0, 0.2));
         // Logit spread ≈ 4·|norm|: the top token stands well clear of the 92543 others.
         specs.push(("output.weight".into(), vec![VOCAB, h], 0.0, 4.0 * inv(h)));
+        specs
+    }
 
-        let data: Vec<(String, Vec<usize>, Vec<u8>)> = specs
+    /// The weights as a bf16 safetensors file, in HF tensor names.
+    pub fn safetensors(&self) -> Vec<u8> {
+        let mut rng = Rng(self.seed);
+        let data: Vec<(String, Vec<usize>, Vec<u8>)> = self
+            .tensor_specs()
             .into_iter()
             .map(|(name, shape, centre, spread)| {
                 let n: usize = shape.iter().product();
@@ -166,6 +180,69 @@ impl TinySpec {
         };
         write("config.json", self.config_json().as_bytes())?;
         write("model.safetensors", &self.safetensors())?;
+        write("tokenizer.model", TOKENIZER_MODEL)?;
+        Ok(())
+    }
+
+    /// Writes an HF folder as HF does for big models: bf16 shards of at most 2 GiB and
+    /// `model.safetensors.index.json`, generating each tensor while writing (memory stays
+    /// small even for the 20B shape).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn write_hf_sharded(&self, dir: &std::path::Path, mut progress: impl FnMut(u64, u64)) -> crate::Result<()> {
+        use crate::error::Error;
+        use std::io::Write;
+        const MAX_SHARD: u64 = 2 << 30;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let specs = self.tensor_specs();
+        // Group tensors into shards by size.
+        let mut shards: Vec<Vec<usize>> = vec![Vec::new()];
+        let mut used = 0u64;
+        for (t, (_, shape, _, _)) in specs.iter().enumerate() {
+            let bytes = shape.iter().product::<usize>() as u64 * 2;
+            if used + bytes > MAX_SHARD && !shards.last().expect("one").is_empty() {
+                shards.push(Vec::new());
+                used = 0;
+            }
+            shards.last_mut().expect("one").push(t);
+            used += bytes;
+        }
+        let total: u64 = specs.iter().map(|(_, s, _, _)| s.iter().product::<usize>() as u64 * 2).sum();
+        let (mut done, mut rng) = (0u64, Rng(self.seed));
+        let mut weight_map = serde_json::Map::new();
+        for (s, members) in shards.iter().enumerate() {
+            let file = format!("model-{:05}-of-{:05}.safetensors", s + 1, shards.len());
+            let header = crate::model_dir::header_bytes(members.iter().map(|&t| {
+                let (name, shape, _, _) = &specs[t];
+                (name.as_str(), "BF16", shape.as_slice(), shape.iter().product::<usize>() as u64 * 2)
+            }));
+            let path = dir.join(&file);
+            let f = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
+            out.write_all(&header).map_err(|e| Error::io(&path, e))?;
+            for &t in members {
+                let (name, shape, centre, spread) = &specs[t];
+                weight_map.insert(name.clone(), file.clone().into());
+                let n: usize = shape.iter().product();
+                let mut buf = Vec::with_capacity(1 << 20);
+                for k in 0..n {
+                    buf.extend_from_slice(&bf16::from_f64(centre + spread * rng.normal()).to_le_bytes());
+                    if buf.len() >= 1 << 20 || k + 1 == n {
+                        out.write_all(&buf).map_err(|e| Error::io(&path, e))?;
+                        done += buf.len() as u64;
+                        progress(done, total);
+                        buf.clear();
+                    }
+                }
+            }
+            out.flush().map_err(|e| Error::io(&path, e))?;
+        }
+        let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        let write = |name: &str, bytes: &[u8]| {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).map_err(|e| Error::io(path, e))
+        };
+        write("model.safetensors.index.json", index.to_string().as_bytes())?;
+        write("config.json", self.config_json().as_bytes())?;
         write("tokenizer.model", TOKENIZER_MODEL)?;
         Ok(())
     }

@@ -158,3 +158,41 @@ fn run_streams_the_greedy_text() {
     let bad = puyu(&["run", "--prompt", "Hi", "--top-p", "0"]);
     assert!(!bad.status.success() && stderr(&bad).contains("top_p"));
 }
+
+/// `convert` writes a folder that `run`, `tokenize` and `perplexity` take; bad input fails
+/// with a message that says what to do.
+#[test]
+fn convert_then_use_the_folder() {
+    let root = tempfile::tempdir().unwrap();
+    let hf = root.path().join("hf");
+    let q4 = root.path().join("q4");
+    assert!(puyu(&["dev", "write-tiny", "tiny", hf.to_str().unwrap()]).status.success());
+    let out = puyu(&["convert", hf.to_str().unwrap(), q4.to_str().unwrap(), "--quant", "q4"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("q4"), "{}", stderr(&out));
+    for f in ["config.json", "tokenizer.json", "manifest.json", "model-00000.safetensors"] {
+        assert!(q4.join(f).is_file(), "{f}");
+    }
+    let model = q4.to_str().unwrap();
+    let out = puyu(&["run", "--model", model, "--prompt", "Hello", "--temperature", "0", "--max-tokens", "4"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = puyu(&["tokenize", "--model", model, "Hello world"]);
+    assert_eq!(serde_json::from_slice::<Vec<u32>>(&out.stdout).unwrap(), [1, 9843, 2028]);
+    let out = puyu(&["perplexity", "--model", model, "--ids", "[1, 9843, 2028]", "--device", "cpu", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Again into the same folder: refused without --force, accepted with it.
+    let again = puyu(&["convert", hf.to_str().unwrap(), model, "--quant", "q8"]);
+    assert!(!again.status.success() && stderr(&again).contains("--force"), "{}", stderr(&again));
+    let forced = puyu(&["convert", hf.to_str().unwrap(), model, "--quant", "q8", "--force"]);
+    assert!(forced.status.success(), "{}", stderr(&forced));
+
+    // A corrupt manifest, a missing input, an unknown quantization.
+    std::fs::write(q4.join("manifest.json"), "{\"format\": \"puyu\", \"format_version\": 7}").unwrap();
+    let out = puyu(&["perplexity", "--model", model, "--ids", "[1, 2]", "--device", "cpu"]);
+    assert!(!out.status.success() && stderr(&out).contains("convert the model again"), "{}", stderr(&out));
+    let out = puyu(&["convert", "/no/such/hf", root.path().join("x").to_str().unwrap()]);
+    assert!(!out.status.success() && stderr(&out).contains("/no/such/hf"), "{}", stderr(&out));
+    let out = puyu(&["convert", hf.to_str().unwrap(), root.path().join("y").to_str().unwrap(), "--quant", "q3"]);
+    assert!(!out.status.success() && stderr(&out).contains("q3"));
+}

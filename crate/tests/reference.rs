@@ -204,3 +204,15 @@ fn out_of_vocabulary_and_empty_inputs_are_errors() {
     assert!(matches!(model.forward(&mut s, &[]), Err(Error::EmptyInput)));
     assert_eq!(s.len, 0, "a failed call leaves the session as it was");
 }
+
+/// The sharded, streamed writer used for the big random checkpoints makes the same model as
+/// the in-memory one (same draws in the same order), read through model.safetensors.index.json.
+#[test]
+fn sharded_writer_makes_the_same_model() {
+    let dir = tempfile::tempdir().unwrap();
+    TINY.write_hf_sharded(dir.path(), |_, _| {}).unwrap();
+    assert!(dir.path().join("model.safetensors.index.json").exists());
+    let a = last_logits(&puyu::load_hf_reference(dir.path()).unwrap());
+    let b = last_logits(&puyu::tiny_reference(&TINY).unwrap());
+    assert_eq!(a, b);
+}
