@@ -81,6 +81,8 @@ pub enum Error {
     // ---- running the model ----
     #[error("token id {id} is outside the vocabulary (size {vocab})")]
     TokenOutOfRange { id: u32, vocab: usize },
+    #[error("the context is full: {needed} tokens needed, room for {context}; start a new conversation or load the model with a longer context")]
+    ContextFull { needed: usize, context: usize },
     #[error("empty input: at least one token is needed")]
     EmptyInput,
     #[error("{what} needs at least {needed} tokens, got {got}")]

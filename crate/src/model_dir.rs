@@ -635,7 +635,8 @@ impl ModelDir {
         &self.shards[s]
     }
 
-    fn blob(&self, b: BlobId) -> Option<&[u8]> {
+    /// The bytes of one blob, straight from the mapped shard.
+    pub fn blob(&self, b: BlobId) -> Option<&[u8]> {
         let part = self.manifest.tensors.get(b.tensor)?.parts.get(b.part)?;
         let span = if b.scales { part.scales? } else { part.data };
         self.shards.get(part.shard)?.get(span.offset as usize..(span.offset + span.len) as usize)

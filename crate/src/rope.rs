@@ -78,6 +78,14 @@ impl Rope {
             .collect();
     }
 
+    /// (cos, sin) of each pair's angle at `pos`, as `apply` uses them (the GPU's RoPE table).
+    pub fn cos_sin(&self, pos: usize) -> impl Iterator<Item = (f32, f32)> + '_ {
+        self.inv_freq.iter().map(move |&f| {
+            let (sin, cos) = (pos as f64 * f).sin_cos();
+            (cos as f32, sin as f32)
+        })
+    }
+
     /// Rotates one head vector `x` (length head_dim) to position `pos`:
     /// for j < hd/2, the pair (x_j, x_{j+hd/2}) turns by angle pos·inv_freq[j].
     pub fn apply(&self, x: &mut [f32], pos: usize) {

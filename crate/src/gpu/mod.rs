@@ -6,13 +6,36 @@
 
 use wgpu::util::DeviceExt;
 
+pub mod model;
+pub mod preprocess;
+
 use crate::error::{Error, Result};
 
 /// WGSL sources, one file per op family (see `shaders/`).
 pub mod shaders {
-    pub const ELEMENTWISE: &str = include_str!("../../shaders/elementwise.wgsl");
-    /// Every shader, by file name, for validation.
-    pub const ALL: &[(&str, &str)] = &[("elementwise.wgsl", ELEMENTWISE)];
+    pub const ATTENTION: &str = include_str!("../../../shaders/attention.wgsl");
+    pub const ELEMENTWISE: &str = include_str!("../../../shaders/elementwise.wgsl");
+    pub const EMBED: &str = include_str!("../../../shaders/embed.wgsl");
+    pub const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
+    pub const NORM: &str = include_str!("../../../shaders/norm.wgsl");
+    pub const ROPE: &str = include_str!("../../../shaders/rope.wgsl");
+
+    /// Every shader file with every set of defines it is used with, for validation.
+    pub const VARIANTS: &[(&str, &str, &[&str])] = &[
+        ("attention.wgsl", ATTENTION, &[]),
+        ("elementwise.wgsl", ELEMENTWISE, &[]),
+        ("embed.wgsl", EMBED, &["Q4"]),
+        ("embed.wgsl", EMBED, &["Q8"]),
+        ("embed.wgsl", EMBED, &["F16"]),
+        ("matmul.wgsl", MATMUL, &["Q4"]),
+        ("matmul.wgsl", MATMUL, &["Q8"]),
+        ("matmul.wgsl", MATMUL, &["F16"]),
+        ("matmul.wgsl", MATMUL, &["Q4", "ADD"]),
+        ("matmul.wgsl", MATMUL, &["Q8", "ADD"]),
+        ("matmul.wgsl", MATMUL, &["F16", "ADD"]),
+        ("norm.wgsl", NORM, &[]),
+        ("rope.wgsl", ROPE, &[]),
+    ];
 }
 
 pub struct Gpu {

@@ -1,0 +1,102 @@
+//! The whole model on the GPU (lavapipe in CI) against the CPU reference on the very same
+//! q4/q8/f16 model folder. Tolerance: logits NMSE ≤ 1e-5 at every position (the GPU sums in
+//! a different order and computes exp/rsqrt in f32; everything else is the same arithmetic),
+//! and 32 greedy tokens identical.
+
+mod common;
+
+use std::path::Path;
+
+use puyu::convert::{convert, ConvertOptions};
+use puyu::gpu::model::GpuModel;
+use puyu::model_dir::ModelDir;
+use puyu::quant::Quant;
+use puyu::tiny::{TinySpec, TINY, TINY_NTK};
+
+fn gpu_model(dir: &ModelDir, context: usize, chunk: usize) -> GpuModel {
+    let gpu = pollster::block_on(puyu::gpu::Gpu::new(wgpu::Backends::all()))
+        .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
+    GpuModel::new(gpu, dir.config.clone(), &dir.manifest, |b| dir.blob(b).map(<[u8]>::to_vec), context, chunk).unwrap()
+}
+
+fn folder(spec: TinySpec, quant: Quant, root: &Path) -> ModelDir {
+    let hf = root.join("hf");
+    spec.write_hf_dir(&hf).unwrap();
+    let out = root.join(format!("{quant}"));
+    convert(&hf, &out, &ConvertOptions { quant, ..Default::default() }, |_, _| {}).unwrap();
+    ModelDir::open(&out, false).unwrap()
+}
+
+fn nmse(got: &[f32], want: &[f32]) -> f64 {
+    let num: f64 = got.iter().zip(want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+    let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
+    num / den
+}
+
+fn check(spec: TinySpec, quant: Quant, chunk: usize) {
+    let root = tempfile::tempdir().unwrap();
+    let dir = folder(spec, quant, root.path());
+    let cpu = puyu::reference::Model::load(dir.config.clone(), &dir).unwrap();
+    let mut gpu = gpu_model(&dir, 256, chunk);
+    let vocab = dir.config.vocab_size;
+    let (_, prompt) = common::Golden::load(spec.name).ids("prompt_ids");
+
+    let want = cpu.forward(&mut cpu.new_session(), &prompt).unwrap();
+    let got = pollster::block_on(gpu.forward(&prompt, true)).unwrap();
+    assert_eq!(got.len(), want.len());
+    let mut worst = 0f64;
+    for pos in 0..prompt.len() {
+        let r = pos * vocab..(pos + 1) * vocab;
+        let e = nmse(&got[r.clone()], &want[r]);
+        worst = worst.max(e);
+        assert!(e <= 1e-5, "{} {quant}: position {pos}: NMSE {e:.2e}", spec.name);
+    }
+    eprintln!("{} {quant} (chunk {chunk}): worst position NMSE {worst:.2e}", spec.name);
+
+    // Greedy decoding, one token per step on both.
+    gpu.reset();
+    let mut session = cpu.new_session();
+    let mut c_logits = cpu.forward(&mut session, &prompt).unwrap()[(prompt.len() - 1) * vocab..].to_vec();
+    let mut g_logits = pollster::block_on(gpu.forward(&prompt, false)).unwrap();
+    for step in 0..32 {
+        let (c, g) = (puyu::reference::argmax(&c_logits), puyu::reference::argmax(&g_logits));
+        assert_eq!(g, c, "{} {quant}: greedy token {step}", spec.name);
+        assert!(nmse(&g_logits, &c_logits) <= 1e-5);
+        c_logits = cpu.forward(&mut session, &[c]).unwrap();
+        g_logits = pollster::block_on(gpu.forward(&[g], false)).unwrap();
+    }
+}
+
+#[test]
+fn tiny_q4_on_gpu() {
+    check(TINY, Quant::Q4, 64);
+}
+
+#[test]
+fn tiny_q8_on_gpu() {
+    check(TINY, Quant::Q8, 64);
+}
+
+#[test]
+fn tiny_f16_on_gpu() {
+    check(TINY, Quant::F16, 64);
+}
+
+/// The 100-token prompt runs past max_position_embeddings = 64 (dynamic NTK), in chunks of
+/// 32 that share the call's RoPE base, as the reference computes it in one go.
+#[test]
+fn tiny_ntk_q4_on_gpu_in_chunks() {
+    check(TINY_NTK, Quant::Q4, 32);
+}
+
+#[test]
+fn context_overflow_is_a_named_error() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = folder(TINY, Quant::Q4, root.path());
+    let mut gpu = gpu_model(&dir, 8, 8);
+    pollster::block_on(gpu.forward(&[1, 2, 3, 4, 5], false)).unwrap();
+    let err = pollster::block_on(gpu.forward(&[6, 7, 8, 9], false)).unwrap_err();
+    assert!(matches!(err, puyu::Error::ContextFull { needed: 9, context: 8 }), "{err}");
+    assert_eq!(gpu.len, 5, "a refused step leaves the cache as it was");
+    assert!(pollster::block_on(gpu.forward(&[6, 7, 8], false)).is_ok());
+}

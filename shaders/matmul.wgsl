@@ -1,0 +1,93 @@
+// Matrix products with quantized weights: y[t, o] = Σ_k x[t, k] · W[o, k]  (y = x·Wᵀ).
+// One workgroup per (output row o, token t): 64 lanes split k, then a tree reduction.
+// Variants (preprocessor): Q4 | Q8 | F16 weights (see crate/src/quant.rs for the packing);
+// ADD accumulates into y (the residual add fused into the epilogue).
+
+struct Params {
+    rows: u32,      // output features (W rows)
+    cols: u32,      // input features K (W cols), a multiple of 32
+    tokens: u32,    // T
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;            // [T, K]
+@group(0) @binding(1) var<storage, read> w: array<u32>;            // packed [rows, K]
+@group(0) @binding(2) var<storage, read> scales: array<u32>;       // f16 pairs [rows, K/32] (Q4, Q8)
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;      // [T, rows]
+@group(0) @binding(4) var<uniform> p: Params;
+
+const LANES: u32 = 64u;
+var<workgroup> partial: array<f32, 64>;
+
+fn scale(row: u32, group: u32) -> f32 {
+    let i = row * (p.cols / 32u) + group;
+    return unpack2x16float(scales[i / 2u] >> (16u * (i % 2u))).x;
+}
+
+// Σ over this lane's share of row `row` against token t's input.
+fn lane_dot(row: u32, t: u32, lane: u32) -> f32 {
+    let xb = t * p.cols;
+    var acc = 0.0;
+#if Q4
+    // 8 weights per word, nibble i = weight 8·word + i, value (q − 8)·scale.
+    let words = p.cols / 8u;
+    for (var wi = lane; wi < words; wi += LANES) {
+        let word = w[row * words + wi];
+        let d = scale(row, wi / 4u);
+        let k = xb + wi * 8u;
+        var s = 0.0;
+        for (var i = 0u; i < 8u; i++) {
+            s += (f32((word >> (4u * i)) & 15u) - 8.0) * x[k + i];
+        }
+        acc += s * d;
+    }
+#endif
+#if Q8
+    // 4 signed bytes per word, value q·scale.
+    let words = p.cols / 4u;
+    for (var wi = lane; wi < words; wi += LANES) {
+        let word = i32(w[row * words + wi]);
+        let d = scale(row, wi / 8u);
+        let k = xb + wi * 4u;
+        var s = 0.0;
+        for (var i = 0u; i < 4u; i++) {
+            s += f32(extractBits(word, 8u * i, 8u)) * x[k + i];
+        }
+        acc += s * d;
+    }
+#endif
+#if F16
+    let words = p.cols / 2u;
+    for (var wi = lane; wi < words; wi += LANES) {
+        let v = unpack2x16float(w[row * words + wi]);
+        let k = xb + wi * 2u;
+        acc += v.x * x[k] + v.y * x[k + 1u];
+    }
+#endif
+    return acc;
+}
+
+@compute @workgroup_size(64)
+fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    // Rows beyond 65535 workgroups continue in wg.y.
+    let row = wg.x + wg.y * 65535u;
+    let t = wg.z;
+    if (row >= p.rows) {
+        return; // uniform across the workgroup
+    }
+    partial[lane] = lane_dot(row, t, lane);
+    workgroupBarrier();
+    for (var stride = LANES / 2u; stride > 0u; stride /= 2u) {
+        if (lane < stride) {
+            partial[lane] += partial[lane + stride];
+        }
+        workgroupBarrier();
+    }
+    if (lane == 0u) {
+#if ADD
+        y[t * p.rows + row] += partial[0];
+#else
+        y[t * p.rows + row] = partial[0];
+#endif
+    }
+}
