@@ -9,6 +9,39 @@ use crate::reference::{Model, Session};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::Tokenizer;
 
+/// A model with its KV cache, as generation sees it: tokens in, next-token logits out.
+pub trait Forward {
+    /// Runs `tokens` after the cache; returns the logits of the last one.
+    fn forward_last(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
+}
+
+/// The CPU reference with one sequence.
+pub struct CpuSession<'a> {
+    pub model: &'a Model,
+    pub session: Session,
+}
+
+impl<'a> CpuSession<'a> {
+    pub fn new(model: &'a Model) -> Self {
+        CpuSession { model, session: model.new_session() }
+    }
+}
+
+impl Forward for CpuSession<'_> {
+    fn forward_last(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let logits = self.model.forward(&mut self.session, tokens)?;
+        let vocab = self.model.config.vocab_size;
+        Ok(logits[logits.len() - vocab..].to_vec())
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Forward for crate::gpu::model::GpuModel {
+    fn forward_last(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        pollster::block_on(self.forward(tokens, false))
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct GenerateOptions {
     pub max_tokens: usize,
@@ -38,17 +71,15 @@ pub struct Generation {
     pub finish: FinishReason,
 }
 
-/// Runs `prompt` after what `session` holds, then generates. `on_token` sees each sampled id
+/// Runs `prompt` after what `model` holds, then generates. `on_token` sees each sampled id
 /// with the text it completes (possibly empty); returning `Break` cancels after that token.
 pub fn generate(
-    model: &Model,
-    session: &mut Session,
+    model: &mut dyn Forward,
     tokenizer: &Tokenizer,
     prompt: &[u32],
     options: &GenerateOptions,
     mut on_token: impl FnMut(u32, &str) -> ControlFlow<()>,
 ) -> Result<Generation> {
-    let vocab = model.config.vocab_size;
     let mut sampler = Sampler::new(options.sampling.clone());
     let mut stream = tokenizer.stream(true);
     let mut stops = StopStrings::new(&options.stop_strings);
@@ -59,8 +90,7 @@ pub fn generate(
         finish: FinishReason::Length,
     };
 
-    let logits = model.forward(session, prompt)?;
-    let mut last = logits[logits.len() - vocab..].to_vec();
+    let mut last = model.forward_last(prompt)?;
     while out.ids.len() < options.max_tokens {
         let id = sampler.sample(&last, &history);
         out.ids.push(id);
@@ -84,7 +114,7 @@ pub fn generate(
         if out.ids.len() == options.max_tokens {
             break;
         }
-        last = model.forward(session, &[id])?;
+        last = model.forward_last(&[id])?;
     }
     if out.finish != FinishReason::Stop {
         // Whatever was held back (a partial stop string, an unfinished byte run) is text.

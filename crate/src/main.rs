@@ -21,7 +21,9 @@ mod cli {
     use std::time::Instant;
 
     use puyu::chat::{self, Message, System, Template};
-    use puyu::generate::{generate, GenerateOptions};
+    use puyu::generate::{generate, CpuSession, Forward, GenerateOptions};
+    use puyu::gpu::model::GpuModel;
+    use puyu::model_dir::ModelDir;
     use puyu::sampling::SamplingParams;
     use puyu::{gpu, perplexity, reference, tiny, Tokenizer};
 
@@ -82,9 +84,11 @@ mod cli {
             /// Random seed (default: from the clock, printed with the statistics).
             #[arg(long)]
             seed: Option<u64>,
-            /// Where to compute: `cpu` runs the f32 reference (the GPU engine is not built yet).
-            #[arg(long, value_enum, default_value_t = Device::Cpu)]
+            /// Where to compute: `gpu` (WebGPU kernels) or `cpu` (the f32 reference).
+            #[arg(long, value_enum, default_value_t = Device::Gpu)]
             device: Device,
+            #[arg(long, value_enum, default_value_t = Backend::Auto)]
+            backend: Backend,
         },
         /// Print the token ids of TEXT as a JSON array.
         Tokenize {
@@ -108,9 +112,11 @@ mod cli {
             /// A text file to score (tokenized with <s> first).
             #[arg(long)]
             file: Option<PathBuf>,
-            /// Where to compute: `cpu` runs the f32 reference.
-            #[arg(long, value_enum, default_value_t = Device::Cpu)]
+            /// Where to compute: `gpu` (WebGPU kernels) or `cpu` (the f32 reference).
+            #[arg(long, value_enum, default_value_t = Device::Gpu)]
             device: Device,
+            #[arg(long, value_enum, default_value_t = Backend::Auto)]
+            backend: Backend,
             /// Print `{"tokens", "nll", "mean_nll", "ppl"}` as JSON.
             #[arg(long)]
             json: bool,
@@ -195,11 +201,9 @@ mod cli {
                 ids,
                 file,
                 device,
+                backend,
                 json,
             } => {
-                if device == Device::Gpu {
-                    bail!("the GPU engine is not built yet; use --device cpu");
-                }
                 let tokens = match (ids, file) {
                     (Some(ids), _) => parse_ids(&ids)?,
                     (None, Some(file)) => {
@@ -209,8 +213,17 @@ mod cli {
                     }
                     (None, None) => bail!("give the text with --file or the tokens with --ids '[1, 2, 3]'"),
                 };
-                let model = load_reference(&model)?;
-                let report = perplexity::cpu(&model, &tokens)?;
+                let report = match device {
+                    Device::Cpu => perplexity::cpu(&load_reference(&model)?, &tokens)?,
+                    Device::Gpu => {
+                        if tokens.len() < 2 {
+                            bail!("perplexity needs at least 2 tokens, got {}", tokens.len());
+                        }
+                        let (mut gpu, _keep) = load_gpu(&model, backend, tokens.len())?;
+                        let logits = pollster::block_on(gpu.forward(&tokens, true))?;
+                        perplexity::Report::from_logits(&logits, &tokens, gpu.config.vocab_size)
+                    }
+                };
                 if json {
                     println!("{}", serde_json::to_string(&report)?);
                 } else {
@@ -263,10 +276,8 @@ mod cli {
                 repeat_penalty,
                 seed,
                 device,
+                backend,
             } => {
-                if device == Device::Gpu {
-                    bail!("the GPU engine is not built yet; use --device cpu");
-                }
                 let seed = seed.unwrap_or_else(|| {
                     std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
@@ -282,7 +293,6 @@ mod cli {
                 };
                 sampling.validate().map_err(anyhow::Error::msg)?;
                 let tokenizer = load_tokenizer(&model)?;
-                let reference = load_reference(&model)?;
                 let ids = if chat {
                     let system = match system {
                         None => System::Default,
@@ -294,18 +304,34 @@ mod cli {
                 } else {
                     tokenizer.encode(&prompt, true)?
                 };
-                let mut stop_ids = reference.config.eos_token_ids.clone();
+                let config = load_config(&model)?;
+                let mut stop_ids = config.eos_token_ids.clone();
                 let mut stop_strings = Vec::new();
                 if chat {
                     stop_ids.extend(chat::STOP_IDS);
                     stop_strings.extend(chat::STOP_STRINGS.map(String::from));
                 }
                 let options = GenerateOptions { max_tokens, stop_ids, stop_strings, sampling };
-                let start = Instant::now();
                 let mut first_token = None;
+                // Loaded only now, so a bad option fails before the model is read.
+                let reference;
+                let mut cpu_session;
+                let (mut gpu, _keep);
+                let (engine, device_name): (&mut dyn Forward, String) = match device {
+                    Device::Cpu => {
+                        reference = load_reference(&model)?;
+                        cpu_session = CpuSession::new(&reference);
+                        (&mut cpu_session, "cpu reference".into())
+                    }
+                    Device::Gpu => {
+                        (gpu, _keep) = load_gpu(&model, backend, ids.len() + max_tokens)?;
+                        let name = gpu.adapter_info().name.clone();
+                        (&mut gpu, name)
+                    }
+                };
+                let start = Instant::now();
                 let mut stdout = std::io::stdout().lock();
-                let mut session = reference.new_session();
-                let out = generate(&reference, &mut session, &tokenizer, &ids, &options, |_, text| {
+                let out = generate(engine, &tokenizer, &ids, &options, |_, text| {
                     first_token.get_or_insert_with(Instant::now);
                     let _ = stdout.write_all(text.as_bytes());
                     let _ = stdout.flush();
@@ -318,7 +344,7 @@ mod cli {
                 let decode = end.duration_since(first).as_secs_f64();
                 let decoded = out.ids.len().saturating_sub(1);
                 eprintln!(
-                    "prompt {} tokens, {:.1} tok/s | generated {} tokens, {:.1} tok/s | first token {:.0} ms | {:?} | seed {seed} | cpu reference",
+                    "prompt {} tokens, {:.1} tok/s | generated {} tokens, {:.1} tok/s | first token {:.0} ms | {:?} | seed {seed} | {device_name}",
                     ids.len(),
                     ids.len() as f64 / prefill.max(1e-9),
                     out.ids.len(),
@@ -422,6 +448,49 @@ mod cli {
             bail!("model `{model}` is neither a folder nor a bundled model (tiny, tiny-ntk)");
         }
         Ok(puyu::load_reference(&dir)?)
+    }
+
+    /// The config of a bundled tiny model or a folder (puyu or HF).
+    fn load_config(model: &str) -> anyhow::Result<puyu::ModelConfig> {
+        if let Some(spec) = tiny::TinySpec::by_name(model) {
+            return Ok(spec.config());
+        }
+        let path = PathBuf::from(model).join("config.json");
+        Ok(puyu::ModelConfig::from_file(&path)?)
+    }
+
+    /// The model on the GPU with room for `tokens` in its KV cache. A puyu folder loads as it
+    /// is; a bundled tiny model or an HF folder is converted first into a temporary folder
+    /// (kept alive by the returned guard): f16 for tiny, so that it matches the CPU reference,
+    /// q4 for HF folders.
+    fn load_gpu(model: &str, backend: Backend, tokens: usize) -> anyhow::Result<(GpuModel, Option<tempfile::TempDir>)> {
+        let mut keep = None;
+        let dir = if ModelDir::is_model_dir(std::path::Path::new(model)) {
+            PathBuf::from(model)
+        } else {
+            let tmp = tempfile::tempdir()?;
+            let (hf, quant) = match tiny::TinySpec::by_name(model) {
+                Some(spec) => {
+                    spec.write_hf_dir(&tmp.path().join("hf"))?;
+                    (tmp.path().join("hf"), puyu::quant::Quant::F16)
+                }
+                None if PathBuf::from(model).is_dir() => {
+                    eprintln!("converting {model} to q4 in a temporary folder (use `puyu convert` to keep one)");
+                    (PathBuf::from(model), puyu::quant::Quant::Q4)
+                }
+                None => bail!("model `{model}` is neither a folder nor a bundled model (tiny, tiny-ntk)"),
+            };
+            let out = tmp.path().join("model");
+            let opts = puyu::convert::ConvertOptions { quant, ..Default::default() };
+            puyu::convert::convert(&hf, &out, &opts, |_, _| {})?;
+            keep = Some(tmp);
+            out
+        };
+        let dir = ModelDir::open(&dir, false)?;
+        let gpu = pollster::block_on(puyu::gpu::Gpu::new(backend.wgpu()))?;
+        let context = tokens.max(dir.config.max_position_embeddings.min(4096));
+        let engine = GpuModel::new(gpu, dir.config.clone(), &dir.manifest, |b| dir.blob(b).map(<[u8]>::to_vec), context, 128)?;
+        Ok((engine, keep))
     }
 
     /// The tokenizer of a bundled tiny model (the real InternLM2 one), a model folder, or a
