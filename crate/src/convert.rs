@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::checkpoint::{to_f32, Checkpoint};
+use crate::checkpoint::{to_f32, Checkpoint, WeightSource};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::model_dir::{expected_tensors, hex, plan, storage_quant, Manifest, MAX_SHARD_BYTES};
@@ -54,7 +54,7 @@ pub fn convert(
     let mut tensors = Vec::new();
     let mut sources = Vec::new();
     for (name, shape) in expected_tensors(&config) {
-        let source = if name == "output.weight" && config.tie_word_embeddings && !ckpt.names().contains(&"output.weight") {
+        let source = if name == "output.weight" && config.tie_word_embeddings && !ckpt.contains("output.weight") {
             "model.tok_embeddings.weight".to_string()
         } else {
             name.clone()

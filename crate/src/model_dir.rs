@@ -59,6 +59,8 @@ pub struct TensorEntry {
     /// `[rows, cols]` for matrices, `[n]` for norms.
     pub shape: Vec<usize>,
     pub quant: Quant,
+    /// How the blobs are packed ([`Quant::layout`]).
+    pub layout: String,
     /// Row ranges, in order, covering every row once.
     pub parts: Vec<Part>,
 }
@@ -222,6 +224,7 @@ pub fn plan(
             name: name.clone(),
             shape: shape.clone(),
             quant: *quant,
+            layout: quant.layout().to_string(),
             parts,
         });
     }
@@ -367,6 +370,9 @@ impl Manifest {
         let mut spans: Vec<Vec<(Span, &str)>> = vec![Vec::new(); self.shards.len()];
         for t in &self.tensors {
             let (rows, cols) = if t.shape.len() == 1 { (1, t.shape[0]) } else { (t.shape[0], t.shape[1..].iter().product()) };
+            if t.layout != t.quant.layout() {
+                return Err(bad(format!("`{}` has layout `{}`, which this version does not read", t.name, t.layout)));
+            }
             if t.shape.len() > 2 || !t.quant.fits(cols) || (t.shape.len() == 1 && t.quant != Quant::F32) {
                 return Err(bad(format!("`{}` cannot be stored as {} with shape {:?}", t.name, t.quant, t.shape)));
             }

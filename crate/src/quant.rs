@@ -50,6 +50,16 @@ impl std::fmt::Display for Quant {
 }
 
 impl Quant {
+    /// The packing, spelled out in manifest.json so that a reader need not guess.
+    pub fn layout(self) -> &'static str {
+        match self {
+            Quant::Q4 => "q4_0: row-major, 8 weights per u32 (weight k = bits 4(k%8).. of word k/8, value (q-8)*scale), f16 scale per 32 weights of a row",
+            Quant::Q8 => "q8_0: row-major, 4 weights per u32 (weight k = signed byte k%4 of word k/4, value q*scale), f16 scale per 32 weights of a row",
+            Quant::F16 => "f16: row-major",
+            Quant::F32 => "f32: row-major",
+        }
+    }
+
     /// Whether this format has a separate scales blob.
     pub fn has_scales(self) -> bool {
         matches!(self, Quant::Q4 | Quant::Q8)

@@ -210,6 +210,11 @@ fn corrupt_folders_give_named_errors() {
     std::fs::write(d.path().join("config.json"), cfg.replace("\"intermediate_size\": 192", "\"intermediate_size\": 128")).unwrap();
     assert!(matches!(open(d.path(), false), Error::WrongShape { name, .. } if name.contains("feed_forward")));
 
+    // A packing this version does not know.
+    let d = copy_dir(&good);
+    edit_manifest(d.path(), |v| v["tensors"][2]["layout"] = "q4_k: superblocks of 256".into());
+    assert!(matches!(open(d.path(), false), Error::ManifestInvalid { reason } if reason.contains("q4_k")));
+
     // An unknown format version.
     let d = copy_dir(&good);
     edit_manifest(d.path(), |v| v["format_version"] = 99.into());

@@ -108,10 +108,15 @@ impl Gpu {
         encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
         self.queue.submit([encoder.finish()]);
 
+        self.read_mapped(&staging, size).await
+    }
+
+    /// Maps the first `bytes` of a MAP_READ buffer (after the work that fills it has been
+    /// submitted), copies them out as f32 and unmaps it.
+    pub async fn read_mapped(&self, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<f32>> {
+        let slice = staging.slice(..bytes);
         let (tx, rx) = futures_channel::oneshot::channel();
-        staging
-            .slice(..)
-            .map_async(wgpu::MapMode::Read, move |r| drop(tx.send(r)));
+        slice.map_async(wgpu::MapMode::Read, move |r| drop(tx.send(r)));
         #[cfg(not(target_arch = "wasm32"))]
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
@@ -119,10 +124,7 @@ impl Gpu {
         rx.await
             .map_err(|_| Error::Gpu("buffer mapping was cancelled".into()))?
             .map_err(|e| Error::Gpu(e.to_string()))?;
-        let view = staging
-            .slice(..)
-            .get_mapped_range()
-            .map_err(|e| Error::Gpu(e.to_string()))?;
+        let view = slice.get_mapped_range().map_err(|e| Error::Gpu(e.to_string()))?;
         let data = bytemuck::cast_slice(&view).to_vec();
         drop(view);
         staging.unmap();

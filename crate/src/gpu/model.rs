@@ -368,19 +368,7 @@ impl GpuModel {
     }
 
     async fn read_logits(&self, n: usize) -> Result<Vec<f32>> {
-        let slice = self.staging.slice(..(n * 4) as u64);
-        let (tx, rx) = futures_channel::oneshot::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| drop(tx.send(r)));
-        #[cfg(not(target_arch = "wasm32"))]
-        self.gpu.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Gpu(e.to_string()))?;
-        rx.await
-            .map_err(|_| Error::Gpu("buffer mapping was cancelled".into()))?
-            .map_err(|e| Error::Gpu(e.to_string()))?;
-        let view = slice.get_mapped_range().map_err(|e| Error::Gpu(e.to_string()))?;
-        let out = bytemuck::cast_slice(&view).to_vec();
-        drop(view);
-        self.staging.unmap();
-        Ok(out)
+        self.gpu.read_mapped(&self.staging, (n * 4) as u64).await
     }
 }
 
