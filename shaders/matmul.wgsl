@@ -1,19 +1,25 @@
 // Matrix products with quantized weights: y[t, o] = Σ_k x[t, k] · W[o, k]  (y = x·Wᵀ).
 // One workgroup per (output row o, token t): 64 lanes split k, then a tree reduction.
+// W may be one of several row blocks of a matrix too big for one binding: this dispatch
+// computes rows [row0, row0 + rows) of y, whose rows are `total` long.
 // Variants (preprocessor): Q4 | Q8 | F16 weights (see crate/src/quant.rs for the packing);
 // ADD accumulates into y (the residual add fused into the epilogue).
 
 struct Params {
-    rows: u32,      // output features (W rows)
+    rows: u32,      // rows of this block of W
     cols: u32,      // input features K (W cols), a multiple of 32
     tokens: u32,    // T
-    _pad: u32,
+    total: u32,     // output features (rows of the whole W; the row length of y)
+    row0: u32,      // first row of this block
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;            // [T, K]
 @group(0) @binding(1) var<storage, read> w: array<u32>;            // packed [rows, K]
 @group(0) @binding(2) var<storage, read> scales: array<u32>;       // f16 pairs [rows, K/32] (Q4, Q8)
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;      // [T, rows]
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;      // [T, total]
 @group(0) @binding(4) var<uniform> p: Params;
 
 const LANES: u32 = 64u;
@@ -84,10 +90,11 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         workgroupBarrier();
     }
     if (lane == 0u) {
+        let at = t * p.total + p.row0 + row;
 #if ADD
-        y[t * p.rows + row] += partial[0];
+        y[at] += partial[0];
 #else
-        y[t * p.rows + row] = partial[0];
+        y[at] = partial[0];
 #endif
     }
 }

@@ -13,10 +13,15 @@ use puyu::model_dir::ModelDir;
 use puyu::quant::Quant;
 use puyu::tiny::{TinySpec, TINY, TINY_NTK};
 
-fn gpu_model(dir: &ModelDir, context: usize, chunk: usize) -> GpuModel {
+fn gpu_model(dir: &ModelDir, context: usize, chunk: usize, weight_limit: Option<u64>) -> GpuModel {
     let gpu = pollster::block_on(puyu::gpu::Gpu::new(wgpu::Backends::all()))
         .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
-    GpuModel::new(gpu, dir.config.clone(), &dir.manifest, |b| dir.blob(b).map(<[u8]>::to_vec), context, chunk).unwrap()
+    let blob = |b| dir.blob(b).map(<[u8]>::to_vec);
+    match weight_limit {
+        None => GpuModel::new(gpu, dir.config.clone(), &dir.manifest, blob, context, chunk),
+        Some(limit) => GpuModel::with_weight_binding_limit(gpu, dir.config.clone(), &dir.manifest, blob, context, chunk, limit),
+    }
+    .unwrap()
 }
 
 fn folder(spec: TinySpec, quant: Quant, root: &Path) -> ModelDir {
@@ -34,10 +39,14 @@ fn nmse(got: &[f32], want: &[f32]) -> f64 {
 }
 
 fn check(spec: TinySpec, quant: Quant, chunk: usize) {
+    check_with(spec, quant, chunk, None)
+}
+
+fn check_with(spec: TinySpec, quant: Quant, chunk: usize, weight_limit: Option<u64>) {
     let root = tempfile::tempdir().unwrap();
     let dir = folder(spec, quant, root.path());
     let cpu = puyu::reference::Model::load(dir.config.clone(), &dir).unwrap();
-    let mut gpu = gpu_model(&dir, 256, chunk);
+    let mut gpu = gpu_model(&dir, 256, chunk, weight_limit);
     let vocab = dir.config.vocab_size;
     let (_, prompt) = common::Golden::load(spec.name).ids("prompt_ids");
 
@@ -89,11 +98,19 @@ fn tiny_ntk_q4_on_gpu_in_chunks() {
     check(TINY_NTK, Quant::Q4, 32);
 }
 
+/// Weights split by rows over many buffers, as on a device whose storage bindings are too
+/// small for a tensor: a forced 4 KiB limit cuts the embedding and output into 740 buffers
+/// each and w1/w3 into two; the logits are the same.
+#[test]
+fn split_buffers_give_the_same_logits() {
+    check_with(TINY, Quant::Q4, 64, Some(4096));
+}
+
 #[test]
 fn context_overflow_is_a_named_error() {
     let root = tempfile::tempdir().unwrap();
     let dir = folder(TINY, Quant::Q4, root.path());
-    let mut gpu = gpu_model(&dir, 8, 8);
+    let mut gpu = gpu_model(&dir, 8, 8, None);
     pollster::block_on(gpu.forward(&[1, 2, 3, 4, 5], false)).unwrap();
     let err = pollster::block_on(gpu.forward(&[6, 7, 8, 9], false)).unwrap_err();
     assert!(matches!(err, puyu::Error::ContextFull { needed: 9, context: 8 }), "{err}");

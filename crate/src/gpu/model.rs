@@ -28,9 +28,11 @@ enum Bind {
 
 #[derive(Clone, Copy, Debug)]
 enum Op {
-    Embed,
+    /// Rows [row0, row0 + rows) of the embedding (one buffer of it).
+    Embed { row0: u32, rows: u32 },
     Norm,
-    Matmul { rows: u32, cols: u32 },
+    /// Rows [row0, row0 + rows) of a matrix with `total` rows (one buffer of it).
+    Matmul { row0: u32, rows: u32, total: u32, cols: u32 },
     Rope,
     Scores,
     Softmax,
@@ -45,8 +47,18 @@ struct Step {
     bind: wgpu::BindGroup,
 }
 
+/// A weight tensor in GPU buffers: split by rows into chunks when it is larger than one
+/// storage binding may be (InternLM2-7B's output matrix is 213 MB at 4 bits; many devices
+/// bind at most 128 MiB).
 struct Weight {
     quant: Quant,
+    rows: usize,
+    chunks: Vec<WeightChunk>,
+}
+
+struct WeightChunk {
+    row0: usize,
+    rows: usize,
     data: wgpu::Buffer,
     scales: wgpu::Buffer,
 }
@@ -60,6 +72,8 @@ pub struct GpuModel {
     /// KV-cache capacity in tokens.
     pub context: usize,
     steps: Vec<Step>,
+    /// Index of the first step of the final norm and output, which run on the logit rows only.
+    head: usize,
     params: wgpu::Buffer,
     tokens: wgpu::Buffer,
     cos_sin: wgpu::Buffer,
@@ -83,6 +97,21 @@ impl GpuModel {
         context: usize,
         chunk: usize,
     ) -> Result<GpuModel> {
+        let limit = gpu.device.limits().max_storage_buffer_binding_size as u64;
+        Self::with_weight_binding_limit(gpu, config, manifest, blob, context, chunk, limit)
+    }
+
+    /// As [`GpuModel::new`], splitting every weight so that no buffer exceeds `weight_limit`
+    /// bytes (tests force a small one to exercise the split on the tiny model).
+    pub fn with_weight_binding_limit(
+        gpu: Gpu,
+        config: ModelConfig,
+        manifest: &Manifest,
+        blob: impl Fn(BlobId) -> Option<Vec<u8>>,
+        context: usize,
+        chunk: usize,
+        weight_limit: u64,
+    ) -> Result<GpuModel> {
         let c = &config;
         let (h, i, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
@@ -100,33 +129,52 @@ impl GpuModel {
                 mapped_at_creation: false,
             })
         };
-        let upload = |label: &str, mut bytes: Vec<u8>| -> Result<wgpu::Buffer> {
-            if bytes.len() as u64 > max_binding {
-                return Err(Error::Gpu(format!(
-                    "`{label}` is {} bytes, over this device's {max_binding}-byte storage binding limit \
-                     (splitting large tensors across buffers is not implemented yet)",
-                    bytes.len()
-                )));
-            }
-            bytes.resize(bytes.len().next_multiple_of(4).max(4), 0);
+        let upload = |label: &str, bytes: &[u8]| -> wgpu::Buffer {
             let buf = storage(label, bytes.len() as u64);
-            gpu.queue.write_buffer(&buf, 0, &bytes);
-            Ok(buf)
+            let whole = bytes.len() / 4 * 4;
+            gpu.queue.write_buffer(&buf, 0, &bytes[..whole]);
+            if whole < bytes.len() {
+                let mut tail = bytes[whole..].to_vec();
+                tail.resize(4, 0);
+                gpu.queue.write_buffer(&buf, whole as u64, &tail);
+            }
+            buf
         };
         let weight = |name: &str| -> Result<Weight> {
             let (t, entry) = manifest.tensor(name).ok_or_else(|| Error::MissingTensor { name: name.into() })?;
-            if entry.parts.len() != 1 {
-                return Err(Error::Gpu(format!("`{name}` is split into parts; not supported on the GPU yet")));
+            let (rows, cols) = if entry.shape.len() == 1 { (1, entry.shape[0]) } else { (entry.shape[0], entry.shape[1]) };
+            // The whole tensor, parts (shard splits) joined.
+            let (mut data, mut scales) = (Vec::new(), Vec::new());
+            for p in 0..entry.parts.len() {
+                let get = |s| {
+                    blob(BlobId { tensor: t, part: p, scales: s })
+                        .ok_or_else(|| Error::ManifestInvalid { reason: format!("`{name}` was not loaded") })
+                };
+                data.extend(get(false)?);
+                if entry.quant.has_scales() {
+                    scales.extend(get(true)?);
+                }
             }
-            let get = |scales| {
-                blob(BlobId { tensor: t, part: 0, scales })
-                    .ok_or_else(|| Error::ManifestInvalid { reason: format!("`{name}` was not loaded") })
-            };
-            Ok(Weight {
-                quant: entry.quant,
-                data: upload(name, get(false)?)?,
-                scales: if entry.quant.has_scales() { upload(name, get(true)?)? } else { storage("no scales", 4) },
-            })
+            // Rows per buffer: within the limit, and even, so that a chunk's f16 scales start
+            // on a u32 word.
+            let (d_row, s_row) = (entry.quant.data_bytes_per_row(cols), entry.quant.scale_bytes_per_row(cols));
+            let per = (weight_limit / d_row.max(s_row).max(1) as u64) as usize / 2 * 2;
+            if per == 0 {
+                return Err(Error::Gpu(format!("one row of `{name}` exceeds the {weight_limit}-byte binding limit")));
+            }
+            let chunks = (0..rows)
+                .step_by(per)
+                .map(|row0| {
+                    let n = per.min(rows - row0);
+                    WeightChunk {
+                        row0,
+                        rows: n,
+                        data: upload(name, &data[row0 * d_row..(row0 + n) * d_row]),
+                        scales: if s_row > 0 { upload(name, &scales[row0 * s_row..(row0 + n) * s_row]) } else { storage("no scales", 4) },
+                    }
+                })
+                .collect();
+            Ok(Weight { quant: entry.quant, rows, chunks })
         };
 
         let f = 4u64;
@@ -149,10 +197,13 @@ impl GpuModel {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let norm = |name: &str| -> Result<wgpu::Buffer> { Ok(weight(name)?.data) };
+        let norm = |name: &str| -> Result<wgpu::Buffer> {
+            let mut w = weight(name)?;
+            Ok(w.chunks.remove(0).data)
+        };
 
         let mut pipelines = Pipelines::default();
-        let mut steps: Vec<(Op, wgpu::ComputePipeline, Vec<&wgpu::Buffer>)> = Vec::new();
+        let mut steps: Vec<StepSpec> = Vec::new();
         // Built first so the borrows below can refer to them.
         let embedding = weight("model.tok_embeddings.weight")?;
         let mut layers = Vec::new();
@@ -173,40 +224,32 @@ impl GpuModel {
         let final_norm = norm("model.norm.weight")?;
         let output = weight("output.weight")?;
 
-        let matmul = |pl: &mut Pipelines, w: &Weight, add: bool| -> Result<wgpu::ComputePipeline> {
-            let mut defs = vec![quant_define(w.quant)?];
-            if add {
-                defs.push("ADD");
-            }
-            pl.get(dev, "matmul", shaders::MATMUL, "matmul", &defs, &[Bind::Read, Bind::Read, Bind::Read, Bind::Write, Bind::Uniform])
-        };
         let attn_layout = [Bind::Read, Bind::Read, Bind::Read, Bind::Write, Bind::Write, Bind::Uniform];
         let norm_layout = [Bind::Read, Bind::Read, Bind::Write, Bind::Uniform];
         let ew_layout = [Bind::Read, Bind::Read, Bind::Write, Bind::Uniform];
 
-        steps.push((
-            Op::Embed,
-            pipelines.get(dev, "embed", shaders::EMBED, "embed", &[quant_define(embedding.quant)?], &[Bind::Read, Bind::Read, Bind::Read, Bind::Write, Bind::Uniform])?,
-            vec![&tokens, &embedding.data, &embedding.scales, &x],
-        ));
+        let embed = pipelines.get(dev, "embed", shaders::EMBED, "embed", &[quant_define(embedding.quant)?], &[Bind::Read, Bind::Read, Bind::Read, Bind::Write, Bind::Uniform])?;
+        for c in &embedding.chunks {
+            steps.push((Op::Embed { row0: c.row0 as u32, rows: c.rows as u32 }, embed.clone(), vec![&tokens, &c.data, &c.scales, &x]));
+        }
         for (an, wqkv, wo, fnorm, w1, w3, w2, kc, vc) in &layers {
-            let (qkv_rows, hq) = (c.qkv_rows() as u32, (nh * hd) as u32);
             steps.push((Op::Norm, pipelines.get(dev, "norm", shaders::NORM, "rms_norm", &[], &norm_layout)?, vec![&x, an, &xn]));
-            steps.push((Op::Matmul { rows: qkv_rows, cols: h as u32 }, matmul(&mut pipelines, wqkv, false)?, vec![&xn, &wqkv.data, &wqkv.scales, &qkv]));
+            push_matmul(dev, &mut pipelines, &mut steps, &xn, wqkv, &qkv, h, false)?;
             steps.push((Op::Rope, pipelines.get(dev, "rope", shaders::ROPE, "rope_kv", &[], &[Bind::Read, Bind::Read, Bind::Write, Bind::Write, Bind::Write, Bind::Uniform])?, vec![&qkv, &cos_sin, &q, kc, vc]));
             for (op, entry) in [(Op::Scores, "scores"), (Op::Softmax, "softmax"), (Op::Mix, "mix")] {
                 steps.push((op, pipelines.get(dev, "attention", shaders::ATTENTION, entry, &[], &attn_layout)?, vec![&q, kc, vc, &scores, &attn]));
             }
-            steps.push((Op::Matmul { rows: h as u32, cols: hq }, matmul(&mut pipelines, wo, true)?, vec![&attn, &wo.data, &wo.scales, &x]));
+            push_matmul(dev, &mut pipelines, &mut steps, &attn, wo, &x, nh * hd, true)?;
             steps.push((Op::Norm, pipelines.get(dev, "norm", shaders::NORM, "rms_norm", &[], &norm_layout)?, vec![&x, fnorm, &xn]));
-            steps.push((Op::Matmul { rows: i as u32, cols: h as u32 }, matmul(&mut pipelines, w1, false)?, vec![&xn, &w1.data, &w1.scales, &gate]));
-            steps.push((Op::Matmul { rows: i as u32, cols: h as u32 }, matmul(&mut pipelines, w3, false)?, vec![&xn, &w3.data, &w3.scales, &up]));
+            push_matmul(dev, &mut pipelines, &mut steps, &xn, w1, &gate, h, false)?;
+            push_matmul(dev, &mut pipelines, &mut steps, &xn, w3, &up, h, false)?;
             steps.push((Op::SiluMul, pipelines.get(dev, "elementwise", shaders::ELEMENTWISE, "silu_mul", &[], &ew_layout)?, vec![&gate, &up, &act]));
-            steps.push((Op::Matmul { rows: h as u32, cols: i as u32 }, matmul(&mut pipelines, w2, true)?, vec![&act, &w2.data, &w2.scales, &x]));
+            push_matmul(dev, &mut pipelines, &mut steps, &act, w2, &x, i, true)?;
         }
-        // The last rows of x are copied to x_last before these (see `encode`).
+        // The last rows of x are copied to x_last before these (see `step`).
+        let head = steps.len();
         steps.push((Op::Norm, pipelines.get(dev, "norm", shaders::NORM, "rms_norm", &[], &norm_layout)?, vec![&x_last, &final_norm, &xn]));
-        steps.push((Op::Matmul { rows: v as u32, cols: h as u32 }, matmul(&mut pipelines, &output, false)?, vec![&xn, &output.data, &output.scales, &logits]));
+        push_matmul(dev, &mut pipelines, &mut steps, &xn, &output, &logits, h, false)?;
 
         let params = dev.create_buffer(&wgpu::BufferDescriptor {
             label: Some("params"),
@@ -246,6 +289,7 @@ impl GpuModel {
             chunk,
             context,
             steps,
+            head,
             params,
             tokens,
             cos_sin,
@@ -312,14 +356,14 @@ impl GpuModel {
             .collect();
         q.write_buffer(&self.cos_sin, 0, bytemuck::cast_slice(&table));
 
-        let last = self.steps.len() - 2; // the final norm and output run on `rows` rows
+        let last = self.head; // the final norm and output run on `rows` rows
         let mut params = vec![0u8; self.steps.len() * SLOT as usize];
         for (s, step) in self.steps.iter().enumerate() {
             let n = if s >= last { rows as u32 } else { t };
             let p: [u32; 8] = match step.op {
-                Op::Embed => [h, n, 0, 0, 0, 0, 0, 0],
+                Op::Embed { row0, rows } => [h, n, row0, rows, 0, 0, 0, 0],
                 Op::Norm => [h, n, (c.rms_norm_eps as f32).to_bits(), 0, 0, 0, 0, 0],
-                Op::Matmul { rows, cols } => [rows, cols, n, 0, 0, 0, 0, 0],
+                Op::Matmul { row0, rows, total, cols } => [rows, cols, n, total, row0, 0, 0, 0],
                 Op::Rope => [c.num_heads as u32, c.num_kv_heads as u32, hd, n, pos0, 0, 0, 0],
                 Op::Scores | Op::Softmax | Op::Mix => [
                     c.num_heads as u32, c.num_kv_heads as u32, hd, n, pos0, ctx,
@@ -343,7 +387,7 @@ impl GpuModel {
             }
             let n = if s >= last { rows as u32 } else { t };
             let groups = match step.op {
-                Op::Embed => [h.div_ceil(64), n, 1],
+                Op::Embed { .. } => [h.div_ceil(64), n, 1],
                 Op::Norm => [n, 1, 1],
                 Op::Matmul { rows, .. } => [rows.min(65535), rows.div_ceil(65535), n],
                 Op::Rope => [(hd / 2).div_ceil(64), c.kv_group() as u32 + 2, c.num_kv_heads as u32 * n],
@@ -370,6 +414,35 @@ impl GpuModel {
     async fn read_logits(&self, n: usize) -> Result<Vec<f32>> {
         self.gpu.read_mapped(&self.staging, (n * 4) as u64).await
     }
+}
+
+/// A dispatch to be: what it computes, its pipeline, and its buffers in binding order (the
+/// parameter slot comes last).
+type StepSpec<'b> = (Op, wgpu::ComputePipeline, Vec<&'b wgpu::Buffer>);
+
+/// y = x·Wᵀ (+ y when `add`): one step per buffer of W.
+#[allow(clippy::too_many_arguments)]
+fn push_matmul<'b>(
+    dev: &wgpu::Device,
+    pl: &mut Pipelines,
+    steps: &mut Vec<StepSpec<'b>>,
+    x: &'b wgpu::Buffer,
+    w: &'b Weight,
+    y: &'b wgpu::Buffer,
+    cols: usize,
+    add: bool,
+) -> Result<()> {
+    let mut defs = vec![quant_define(w.quant)?];
+    if add {
+        defs.push("ADD");
+    }
+    let binds = [Bind::Read, Bind::Read, Bind::Read, Bind::Write, Bind::Uniform];
+    let pipeline = pl.get(dev, "matmul", shaders::MATMUL, "matmul", &defs, &binds)?;
+    for c in &w.chunks {
+        let op = Op::Matmul { row0: c.row0 as u32, rows: c.rows as u32, total: w.rows as u32, cols: cols as u32 };
+        steps.push((op, pipeline.clone(), vec![x, &c.data, &c.scales, y]));
+    }
+    Ok(())
 }
 
 fn quant_define(q: Quant) -> Result<&'static str> {
