@@ -13,6 +13,10 @@ use crate::tokenizer::Tokenizer;
 pub trait Forward {
     /// Runs `tokens` after the cache; returns the logits of the last one.
     fn forward_last(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
+    /// Tokens in the cache.
+    fn cached_tokens(&self) -> usize;
+    /// How many tokens the cache holds at most (`None`: no limit).
+    fn context(&self) -> Option<usize>;
 }
 
 /// The CPU reference with one sequence.
@@ -33,12 +37,24 @@ impl Forward for CpuSession<'_> {
         let vocab = self.model.config.vocab_size;
         Ok(logits[logits.len() - vocab..].to_vec())
     }
+    fn cached_tokens(&self) -> usize {
+        self.session.len
+    }
+    fn context(&self) -> Option<usize> {
+        None
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
 impl Forward for crate::gpu::model::GpuModel {
     fn forward_last(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         pollster::block_on(self.forward(tokens, false))
+    }
+    fn cached_tokens(&self) -> usize {
+        self.len
+    }
+    fn context(&self) -> Option<usize> {
+        Some(self.context)
     }
 }
 
@@ -73,6 +89,8 @@ pub struct Generation {
 
 /// Runs `prompt` after what `model` holds, then generates. `on_token` sees each sampled id
 /// with the text it completes (possibly empty); returning `Break` cancels after that token.
+/// Fails with [`crate::Error::ContextFull`] before any work when the cache, the prompt and
+/// `max_tokens` would not fit the context.
 pub fn generate(
     model: &mut dyn Forward,
     tokenizer: &Tokenizer,
@@ -80,6 +98,13 @@ pub fn generate(
     options: &GenerateOptions,
     mut on_token: impl FnMut(u32, &str) -> ControlFlow<()>,
 ) -> Result<Generation> {
+    if let Some(context) = model.context() {
+        // The last sampled token is never fed back, hence − 1.
+        let needed = model.cached_tokens() + prompt.len() + options.max_tokens.saturating_sub(1);
+        if needed > context {
+            return Err(crate::Error::ContextFull { needed, context });
+        }
+    }
     let mut sampler = Sampler::new(options.sampling.clone());
     let mut stream = tokenizer.stream(true);
     let mut stops = StopStrings::new(&options.stop_strings);

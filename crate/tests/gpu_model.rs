@@ -117,3 +117,54 @@ fn context_overflow_is_a_named_error() {
     assert_eq!(gpu.len, 5, "a refused step leaves the cache as it was");
     assert!(pollster::block_on(gpu.forward(&[6, 7, 8], false)).is_ok());
 }
+
+/// The generation contract on the GPU engine: max tokens, stop strings, cancellation between
+/// steps, and the context check before any work.
+#[test]
+fn generation_on_the_gpu() {
+    use puyu::generate::{generate, FinishReason, Forward, GenerateOptions};
+    use puyu::sampling::SamplingParams;
+    use std::ops::ControlFlow;
+
+    let root = tempfile::tempdir().unwrap();
+    let dir = folder(TINY, Quant::Q4, root.path());
+    let tokenizer = puyu::Tokenizer::open(&dir.dir).unwrap();
+    let mut gpu = gpu_model(&dir, 64, 64, None);
+    let prompt = tokenizer.encode("书生·浦语 is", true).unwrap();
+    let options = |max_tokens, stop: &[&str]| GenerateOptions {
+        max_tokens,
+        stop_ids: vec![2],
+        stop_strings: stop.iter().map(|s| s.to_string()).collect(),
+        sampling: SamplingParams::greedy(),
+    };
+    let go = |gpu: &mut GpuModel, opts: &GenerateOptions, cancel_at: usize| {
+        gpu.reset();
+        let mut n = 0;
+        generate(gpu, &tokenizer, &prompt, opts, |_, _| {
+            n += 1;
+            if n == cancel_at { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        })
+    };
+
+    let err = go(&mut gpu, &options(100, &[]), 0).unwrap_err();
+    assert!(matches!(err, puyu::Error::ContextFull { needed, context: 64 } if needed == prompt.len() + 99), "{err}");
+    assert_eq!(gpu.cached_tokens(), 0, "refused before any work");
+
+    let full = go(&mut gpu, &options(12, &[]), 0).unwrap();
+    assert_eq!((full.ids.len(), full.finish), (12, FinishReason::Length));
+    assert_eq!(gpu.cached_tokens(), prompt.len() + 11);
+    assert_eq!(full.text, tokenizer.decode(&full.ids, true).unwrap());
+
+    // A stop string from the middle of that text: the reply ends just before it.
+    let chars: Vec<char> = full.text.chars().collect();
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 2].iter().collect();
+    let cut = full.text.find(&stop).unwrap();
+    let stopped = go(&mut gpu, &options(12, &[&stop]), 0).unwrap();
+    assert_eq!(stopped.finish, FinishReason::Stop);
+    assert_eq!(stopped.text, full.text[..cut]);
+
+    let cancelled = go(&mut gpu, &options(12, &[]), 3).unwrap();
+    assert_eq!((cancelled.ids.len(), cancelled.finish), (3, FinishReason::Cancelled));
+    assert_eq!(cancelled.ids[..], full.ids[..3]);
+    assert_eq!(gpu.cached_tokens(), prompt.len() + 2, "nothing runs after the cancel");
+}
