@@ -33,9 +33,7 @@ impl<'a> CpuSession<'a> {
 
 impl Forward for CpuSession<'_> {
     fn forward_last(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let logits = self.model.forward(&mut self.session, tokens)?;
-        let vocab = self.model.config.vocab_size;
-        Ok(logits[logits.len() - vocab..].to_vec())
+        self.model.forward_with(&mut self.session, tokens, false)
     }
     fn cached_tokens(&self) -> usize {
         self.session.len

@@ -102,6 +102,12 @@ impl Model {
     /// position, `[T, V]` row-major. A prefill is one call with many tokens; a decode step
     /// is a call with one.
     pub fn forward(&self, session: &mut Session, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.forward_with(session, tokens, true)
+    }
+
+    /// As [`Model::forward`], but with `all_logits` false only the last position's logits
+    /// are computed (a long prefill then skips T−1 vocabulary-sized products).
+    pub fn forward_with(&self, session: &mut Session, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
         let c = &self.config;
         let (h, hd, nh, nkv) = (c.hidden_size, c.head_dim, c.num_heads, c.num_kv_heads);
         let (t_new, p) = (tokens.len(), session.len);
@@ -159,7 +165,8 @@ impl Model {
         debug_assert_eq!(session.k_cache[0].len(), (p + t_new) * nkv * hd);
         session.len = p + t_new;
 
-        let xn = rms_norm(&x, &w.norm, c.rms_norm_eps);
+        let rows = if all_logits { &x[..] } else { &x[(t_new - 1) * h..] };
+        let xn = rms_norm(rows, &w.norm, c.rms_norm_eps);
         Ok(matmul(&xn, &w.output, h))
     }
 }

@@ -168,3 +168,23 @@ fn generation_on_the_gpu() {
     assert_eq!(cancelled.ids[..], full.ids[..3]);
     assert_eq!(gpu.cached_tokens(), prompt.len() + 2, "nothing runs after the cancel");
 }
+
+/// A 4096-token context: prefill 4095 tokens in chunks, then one decode step whose attention
+/// spans all 4096 positions; its logits match the CPU reference.
+#[test]
+fn decode_at_4096_tokens() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = folder(TINY, Quant::Q4, root.path());
+    let cpu = puyu::reference::Model::load(dir.config.clone(), &dir).unwrap();
+    let mut gpu = gpu_model(&dir, 4096, 256, None);
+    let tokens: Vec<u32> = std::iter::once(1).chain((1..4096u32).map(|i| 259 + (i * 7919) % 92000)).collect();
+    let mut session = cpu.new_session();
+    cpu.forward_with(&mut session, &tokens[..4095], false).unwrap();
+    let want = cpu.forward(&mut session, &tokens[4095..]).unwrap();
+    pollster::block_on(gpu.forward(&tokens[..4095], false)).unwrap();
+    let got = pollster::block_on(gpu.forward(&tokens[4095..], false)).unwrap();
+    let e = nmse(&got, &want);
+    eprintln!("decode at position 4095: NMSE {e:.2e}");
+    assert!(e <= 1e-5, "NMSE {e:.2e}");
+    assert_eq!(puyu::reference::argmax(&got), puyu::reference::argmax(&want));
+}
