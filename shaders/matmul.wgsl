@@ -1,5 +1,7 @@
 // Matrix products with quantized weights: y[t, o] = Σ_k x[t, k] · W[o, k]  (y = x·Wᵀ).
-// One workgroup per (output row o, token t): 64 lanes split k, then a tree reduction.
+// Two schedules: by default one workgroup per (output row o, token t), whose 64 lanes split k
+// and then reduce; with ROW_PER_LANE each lane computes a whole row, 64 rows per workgroup
+// (better when K is short: the tiny models, and CPU drivers such as lavapipe).
 // W may be one of several row blocks of a matrix too big for one binding: this dispatch
 // computes rows [row0, row0 + rows) of y, whose rows are `total` long.
 // Variants (preprocessor): Q4 | Q8 | F16 weights (see crate/src/quant.rs for the packing);
@@ -30,14 +32,14 @@ fn scale(row: u32, group: u32) -> f32 {
     return unpack2x16float(scales[i / 2u] >> (16u * (i % 2u))).x;
 }
 
-// Σ over this lane's share of row `row` against token t's input.
-fn lane_dot(row: u32, t: u32, lane: u32) -> f32 {
+// Σ over this lane's share of row `row` against token t's input: words lane, lane + stride, …
+fn dot_words(row: u32, t: u32, lane: u32, stride: u32) -> f32 {
     let xb = t * p.cols;
     var acc = 0.0;
 #if Q4
     // 8 weights per word, nibble i = weight 8·word + i, value (q − 8)·scale.
     let words = p.cols / 8u;
-    for (var wi = lane; wi < words; wi += LANES) {
+    for (var wi = lane; wi < words; wi += stride) {
         let word = w[row * words + wi];
         let d = scale(row, wi / 4u);
         let k = xb + wi * 8u;
@@ -51,7 +53,7 @@ fn lane_dot(row: u32, t: u32, lane: u32) -> f32 {
 #if Q8
     // 4 signed bytes per word, value q·scale.
     let words = p.cols / 4u;
-    for (var wi = lane; wi < words; wi += LANES) {
+    for (var wi = lane; wi < words; wi += stride) {
         let word = i32(w[row * words + wi]);
         let d = scale(row, wi / 8u);
         let k = xb + wi * 4u;
@@ -64,7 +66,7 @@ fn lane_dot(row: u32, t: u32, lane: u32) -> f32 {
 #endif
 #if F16
     let words = p.cols / 2u;
-    for (var wi = lane; wi < words; wi += LANES) {
+    for (var wi = lane; wi < words; wi += stride) {
         let v = unpack2x16float(w[row * words + wi]);
         let k = xb + wi * 2u;
         acc += v.x * x[k] + v.y * x[k + 1u];
@@ -73,6 +75,23 @@ fn lane_dot(row: u32, t: u32, lane: u32) -> f32 {
     return acc;
 }
 
+#if ROW_PER_LANE
+@compute @workgroup_size(64)
+fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let row = (wg.x + wg.y * 65535u) * LANES + lane;
+    let t = wg.z;
+    if (row >= p.rows) {
+        return;
+    }
+    let acc = dot_words(row, t, 0u, 1u);
+    let at = t * p.total + p.row0 + row;
+#if ADD
+    y[at] += acc;
+#else
+    y[at] = acc;
+#endif
+}
+#else
 @compute @workgroup_size(64)
 fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
     // Rows beyond 65535 workgroups continue in wg.y.
@@ -81,7 +100,7 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     if (row >= p.rows) {
         return; // uniform across the workgroup
     }
-    partial[lane] = lane_dot(row, t, lane);
+    partial[lane] = dot_words(row, t, lane, LANES);
     workgroupBarrier();
     for (var stride = LANES / 2u; stride > 0u; stride /= 2u) {
         if (lane < stride) {
@@ -98,3 +117,4 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
 #endif
     }
 }
+#endif

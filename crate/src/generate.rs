@@ -13,6 +13,11 @@ use crate::tokenizer::Tokenizer;
 pub trait Forward {
     /// Runs `tokens` after the cache; returns the logits of the last one.
     fn forward_last(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
+    /// Runs `tokens` after the cache; returns the most likely next token (the GPU picks it
+    /// there and reads back only its id).
+    fn forward_greedy(&mut self, tokens: &[u32]) -> Result<u32> {
+        Ok(crate::reference::argmax(&self.forward_last(tokens)?))
+    }
     /// Tokens in the cache.
     fn cached_tokens(&self) -> usize;
     /// How many tokens the cache holds at most (`None`: no limit).
@@ -47,6 +52,9 @@ impl Forward for CpuSession<'_> {
 impl Forward for crate::gpu::model::GpuModel {
     fn forward_last(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         pollster::block_on(self.forward(tokens, false))
+    }
+    fn forward_greedy(&mut self, tokens: &[u32]) -> Result<u32> {
+        pollster::block_on(crate::gpu::model::GpuModel::forward_greedy(self, tokens))
     }
     fn cached_tokens(&self) -> usize {
         self.len
@@ -113,9 +121,18 @@ pub fn generate(
         finish: FinishReason::Length,
     };
 
-    let mut last = model.forward_last(prompt)?;
+    // Greedy decoding without a penalty needs no logits on the CPU.
+    let p = &options.sampling;
+    let greedy = p.temperature == 0.0 && p.repeat_penalty == 1.0;
+    let mut next = |model: &mut dyn Forward, tokens: &[u32], history: &[u32]| -> Result<u32> {
+        if greedy {
+            model.forward_greedy(tokens)
+        } else {
+            Ok(sampler.sample(&model.forward_last(tokens)?, history))
+        }
+    };
+    let mut id = next(model, prompt, &history)?;
     while out.ids.len() < options.max_tokens {
-        let id = sampler.sample(&last, &history);
         out.ids.push(id);
         history.push(id);
         if options.stop_ids.contains(&id) {
@@ -137,7 +154,7 @@ pub fn generate(
         if out.ids.len() == options.max_tokens {
             break;
         }
-        last = model.forward_last(&[id])?;
+        id = next(model, &[id], &history)?;
     }
     if out.finish != FinishReason::Stop {
         // Whatever was held back (a partial stop string, an unfinished byte run) is text.

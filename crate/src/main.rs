@@ -489,7 +489,8 @@ mod cli {
         let dir = ModelDir::open(&dir, false)?;
         let gpu = pollster::block_on(puyu::gpu::Gpu::new(backend.wgpu()))?;
         let context = tokens.max(dir.config.max_position_embeddings.min(4096));
-        let engine = GpuModel::new(gpu, dir.config.clone(), &dir.manifest, |b| dir.blob(b).map(<[u8]>::to_vec), context, 128)?;
+        let options = puyu::gpu::model::GpuOptions { context, ..Default::default() };
+        let engine = GpuModel::new(gpu, dir.config.clone(), &dir.manifest, |b| dir.blob(b).map(<[u8]>::to_vec), &options)?;
         Ok((engine, keep))
     }
 

@@ -8,20 +8,19 @@ mod common;
 use std::path::Path;
 
 use puyu::convert::{convert, ConvertOptions};
-use puyu::gpu::model::GpuModel;
+use puyu::gpu::model::{GpuModel, GpuOptions, Schedule};
 use puyu::model_dir::ModelDir;
 use puyu::quant::Quant;
 use puyu::tiny::{TinySpec, TINY, TINY_NTK};
 
-fn gpu_model(dir: &ModelDir, context: usize, chunk: usize, weight_limit: Option<u64>) -> GpuModel {
+fn gpu_model(dir: &ModelDir, options: GpuOptions) -> GpuModel {
     let gpu = pollster::block_on(puyu::gpu::Gpu::new(wgpu::Backends::all()))
         .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
-    let blob = |b| dir.blob(b).map(<[u8]>::to_vec);
-    match weight_limit {
-        None => GpuModel::new(gpu, dir.config.clone(), &dir.manifest, blob, context, chunk),
-        Some(limit) => GpuModel::with_weight_binding_limit(gpu, dir.config.clone(), &dir.manifest, blob, context, chunk, limit),
-    }
-    .unwrap()
+    GpuModel::new(gpu, dir.config.clone(), &dir.manifest, |b| dir.blob(b).map(<[u8]>::to_vec), &options).unwrap()
+}
+
+fn sized(context: usize, chunk: usize) -> GpuOptions {
+    GpuOptions { context, chunk, ..Default::default() }
 }
 
 fn folder(spec: TinySpec, quant: Quant, root: &Path) -> ModelDir {
@@ -39,14 +38,15 @@ fn nmse(got: &[f32], want: &[f32]) -> f64 {
 }
 
 fn check(spec: TinySpec, quant: Quant, chunk: usize) {
-    check_with(spec, quant, chunk, None)
+    check_with(spec, quant, sized(256, chunk))
 }
 
-fn check_with(spec: TinySpec, quant: Quant, chunk: usize, weight_limit: Option<u64>) {
+fn check_with(spec: TinySpec, quant: Quant, options: GpuOptions) {
+    let chunk = options.chunk;
     let root = tempfile::tempdir().unwrap();
     let dir = folder(spec, quant, root.path());
     let cpu = puyu::reference::Model::load(dir.config.clone(), &dir).unwrap();
-    let mut gpu = gpu_model(&dir, 256, chunk, weight_limit);
+    let mut gpu = gpu_model(&dir, options);
     let vocab = dir.config.vocab_size;
     let (_, prompt) = common::Golden::load(spec.name).ids("prompt_ids");
 
@@ -82,11 +82,6 @@ fn tiny_q4_on_gpu() {
 }
 
 #[test]
-fn tiny_q8_on_gpu() {
-    check(TINY, Quant::Q8, 64);
-}
-
-#[test]
 fn tiny_f16_on_gpu() {
     check(TINY, Quant::F16, 64);
 }
@@ -103,14 +98,22 @@ fn tiny_ntk_q4_on_gpu_in_chunks() {
 /// each and w1/w3 into two; the logits are the same.
 #[test]
 fn split_buffers_give_the_same_logits() {
-    check_with(TINY, Quant::Q4, 64, Some(4096));
+    check_with(TINY, Quant::Q4, GpuOptions { weight_binding_limit: Some(4096), ..sized(256, 64) });
+}
+
+/// Both matmul schedules, whichever the adapter would pick (lavapipe: a lane per row).
+#[test]
+fn both_matmul_schedules() {
+    for matmul in [Schedule::RowPerLane, Schedule::Workgroup] {
+        check_with(TINY, Quant::Q8, GpuOptions { matmul, ..sized(256, 64) });
+    }
 }
 
 #[test]
 fn context_overflow_is_a_named_error() {
     let root = tempfile::tempdir().unwrap();
     let dir = folder(TINY, Quant::Q4, root.path());
-    let mut gpu = gpu_model(&dir, 8, 8, None);
+    let mut gpu = gpu_model(&dir, sized(8, 8));
     pollster::block_on(gpu.forward(&[1, 2, 3, 4, 5], false)).unwrap();
     let err = pollster::block_on(gpu.forward(&[6, 7, 8, 9], false)).unwrap_err();
     assert!(matches!(err, puyu::Error::ContextFull { needed: 9, context: 8 }), "{err}");
@@ -129,7 +132,7 @@ fn generation_on_the_gpu() {
     let root = tempfile::tempdir().unwrap();
     let dir = folder(TINY, Quant::Q4, root.path());
     let tokenizer = puyu::Tokenizer::open(&dir.dir).unwrap();
-    let mut gpu = gpu_model(&dir, 64, 64, None);
+    let mut gpu = gpu_model(&dir, sized(64, 64));
     let prompt = tokenizer.encode("书生·浦语 is", true).unwrap();
     let options = |max_tokens, stop: &[&str]| GenerateOptions {
         max_tokens,
@@ -152,6 +155,11 @@ fn generation_on_the_gpu() {
 
     let full = go(&mut gpu, &options(12, &[]), 0).unwrap();
     assert_eq!((full.ids.len(), full.finish), (12, FinishReason::Length));
+    // Greedy picks on the GPU (argmax kernel, 4 bytes read back) equal the reference's.
+    let cpu = puyu::reference::Model::load(dir.config.clone(), &dir).unwrap();
+    let mut session = puyu::generate::CpuSession::new(&cpu);
+    let on_cpu = generate(&mut session, &tokenizer, &prompt, &options(12, &[]), |_, _| ControlFlow::Continue(())).unwrap();
+    assert_eq!(full.ids, on_cpu.ids);
     assert_eq!(gpu.cached_tokens(), prompt.len() + 11);
     assert_eq!(full.text, tokenizer.decode(&full.ids, true).unwrap());
 
@@ -176,7 +184,7 @@ fn decode_at_4096_tokens() {
     let root = tempfile::tempdir().unwrap();
     let dir = folder(TINY, Quant::Q4, root.path());
     let cpu = puyu::reference::Model::load(dir.config.clone(), &dir).unwrap();
-    let mut gpu = gpu_model(&dir, 4096, 256, None);
+    let mut gpu = gpu_model(&dir, sized(4096, 256));
     let tokens: Vec<u32> = std::iter::once(1).chain((1..4096u32).map(|i| 259 + (i * 7919) % 92000)).collect();
     let mut session = cpu.new_session();
     cpu.forward_with(&mut session, &tokens[..4095], false).unwrap();

@@ -19,6 +19,7 @@ pub mod shaders {
     pub const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
     pub const NORM: &str = include_str!("../../../shaders/norm.wgsl");
     pub const ROPE: &str = include_str!("../../../shaders/rope.wgsl");
+    pub const SAMPLE: &str = include_str!("../../../shaders/sample.wgsl");
 
     /// Every shader file with every set of defines it is used with, for validation.
     pub const VARIANTS: &[(&str, &str, &[&str])] = &[
@@ -33,8 +34,15 @@ pub mod shaders {
         ("matmul.wgsl", MATMUL, &["Q4", "ADD"]),
         ("matmul.wgsl", MATMUL, &["Q8", "ADD"]),
         ("matmul.wgsl", MATMUL, &["F16", "ADD"]),
+        ("matmul.wgsl", MATMUL, &["Q4", "ROW_PER_LANE"]),
+        ("matmul.wgsl", MATMUL, &["Q8", "ROW_PER_LANE"]),
+        ("matmul.wgsl", MATMUL, &["F16", "ROW_PER_LANE"]),
+        ("matmul.wgsl", MATMUL, &["Q4", "ADD", "ROW_PER_LANE"]),
+        ("matmul.wgsl", MATMUL, &["Q8", "ADD", "ROW_PER_LANE"]),
+        ("matmul.wgsl", MATMUL, &["F16", "ADD", "ROW_PER_LANE"]),
         ("norm.wgsl", NORM, &[]),
         ("rope.wgsl", ROPE, &[]),
+        ("sample.wgsl", SAMPLE, &[]),
     ];
 }
 
@@ -114,6 +122,15 @@ impl Gpu {
     /// Maps the first `bytes` of a MAP_READ buffer (after the work that fills it has been
     /// submitted), copies them out as f32 and unmaps it.
     pub async fn read_mapped(&self, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<f32>> {
+        self.read_mapped_as(staging, bytes).await
+    }
+
+    /// As [`Gpu::read_mapped`], for u32 data.
+    pub async fn read_mapped_u32(&self, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<u32>> {
+        self.read_mapped_as(staging, bytes).await
+    }
+
+    async fn read_mapped_as<T: bytemuck::Pod>(&self, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<T>> {
         let slice = staging.slice(..bytes);
         let (tx, rx) = futures_channel::oneshot::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| drop(tx.send(r)));

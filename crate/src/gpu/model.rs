@@ -32,12 +32,14 @@ enum Op {
     Embed { row0: u32, rows: u32 },
     Norm,
     /// Rows [row0, row0 + rows) of a matrix with `total` rows (one buffer of it).
-    Matmul { row0: u32, rows: u32, total: u32, cols: u32 },
+    Matmul { row0: u32, rows: u32, total: u32, cols: u32, row_per_lane: bool },
     Rope,
     Scores,
     Softmax,
     Mix,
     SiluMul,
+    /// Greedy choice over the last logit row.
+    Argmax,
 }
 
 /// One dispatch; its parameters live in slot `index` of the params buffer.
@@ -63,6 +65,35 @@ struct WeightChunk {
     scales: wgpu::Buffer,
 }
 
+/// How the matrix products are scheduled (see matmul.wgsl).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Schedule {
+    /// Chosen from the adapter.
+    #[default]
+    Auto,
+    RowPerLane,
+    Workgroup,
+}
+
+/// Sizes and choices for [`GpuModel::new`].
+#[derive(Clone, Debug)]
+pub struct GpuOptions {
+    /// KV-cache capacity in tokens.
+    pub context: usize,
+    /// Most tokens per dispatch sequence (longer inputs run in chunks; also the most logit rows).
+    pub chunk: usize,
+    /// Split weights into buffers of at most this many bytes (default: the device's
+    /// storage-binding limit; tests force a small one).
+    pub weight_binding_limit: Option<u64>,
+    pub matmul: Schedule,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions { context: 4096, chunk: 128, weight_binding_limit: None, matmul: Schedule::Auto }
+    }
+}
+
 /// The model on the GPU with one sequence's KV cache.
 pub struct GpuModel {
     gpu: Gpu,
@@ -81,37 +112,35 @@ pub struct GpuModel {
     x_last: wgpu::Buffer,
     logits: wgpu::Buffer,
     staging: wgpu::Buffer,
+    /// Greedy sampling on the GPU: the argmax kernel, its output, and a 4-byte readback.
+    argmax: Step,
+    chosen: wgpu::Buffer,
+    chosen_staging: wgpu::Buffer,
     /// Tokens in the cache.
     pub len: usize,
     rope: Rope,
 }
 
 impl GpuModel {
-    /// Uploads a model: `blob(id)` gives the bytes of each manifest blob. `context` is the KV
-    /// capacity; `chunk` the most tokens per dispatch sequence (also the most logit rows).
+    /// Uploads a model: `blob(id)` gives the bytes of each manifest blob.
     pub fn new(
         gpu: Gpu,
         config: ModelConfig,
         manifest: &Manifest,
         blob: impl Fn(BlobId) -> Option<Vec<u8>>,
-        context: usize,
-        chunk: usize,
+        options: &GpuOptions,
     ) -> Result<GpuModel> {
-        let limit = gpu.device.limits().max_storage_buffer_binding_size as u64;
-        Self::with_weight_binding_limit(gpu, config, manifest, blob, context, chunk, limit)
-    }
-
-    /// As [`GpuModel::new`], splitting every weight so that no buffer exceeds `weight_limit`
-    /// bytes (tests force a small one to exercise the split on the tiny model).
-    pub fn with_weight_binding_limit(
-        gpu: Gpu,
-        config: ModelConfig,
-        manifest: &Manifest,
-        blob: impl Fn(BlobId) -> Option<Vec<u8>>,
-        context: usize,
-        chunk: usize,
-        weight_limit: u64,
-    ) -> Result<GpuModel> {
+        let GpuOptions { context, chunk, .. } = *options;
+        let weight_limit = options
+            .weight_binding_limit
+            .unwrap_or(gpu.device.limits().max_storage_buffer_binding_size as u64);
+        // Lanes of CPU drivers (lavapipe, SwiftShader) are SIMD slots of one core: there a
+        // lane per row wins; on GPUs a workgroup per row keeps memory reads coalesced.
+        let row_per_lane = match options.matmul {
+            Schedule::Auto => gpu.adapter_info.device_type == wgpu::DeviceType::Cpu,
+            Schedule::RowPerLane => true,
+            Schedule::Workgroup => false,
+        };
         let c = &config;
         let (h, i, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
@@ -234,29 +263,56 @@ impl GpuModel {
         }
         for (an, wqkv, wo, fnorm, w1, w3, w2, kc, vc) in &layers {
             steps.push((Op::Norm, pipelines.get(dev, "norm", shaders::NORM, "rms_norm", &[], &norm_layout)?, vec![&x, an, &xn]));
-            push_matmul(dev, &mut pipelines, &mut steps, &xn, wqkv, &qkv, h, false)?;
+            push_matmul(dev, &mut pipelines, row_per_lane, &mut steps, &xn, wqkv, &qkv, h, false)?;
             steps.push((Op::Rope, pipelines.get(dev, "rope", shaders::ROPE, "rope_kv", &[], &[Bind::Read, Bind::Read, Bind::Write, Bind::Write, Bind::Write, Bind::Uniform])?, vec![&qkv, &cos_sin, &q, kc, vc]));
             for (op, entry) in [(Op::Scores, "scores"), (Op::Softmax, "softmax"), (Op::Mix, "mix")] {
                 steps.push((op, pipelines.get(dev, "attention", shaders::ATTENTION, entry, &[], &attn_layout)?, vec![&q, kc, vc, &scores, &attn]));
             }
-            push_matmul(dev, &mut pipelines, &mut steps, &attn, wo, &x, nh * hd, true)?;
+            push_matmul(dev, &mut pipelines, row_per_lane, &mut steps, &attn, wo, &x, nh * hd, true)?;
             steps.push((Op::Norm, pipelines.get(dev, "norm", shaders::NORM, "rms_norm", &[], &norm_layout)?, vec![&x, fnorm, &xn]));
-            push_matmul(dev, &mut pipelines, &mut steps, &xn, w1, &gate, h, false)?;
-            push_matmul(dev, &mut pipelines, &mut steps, &xn, w3, &up, h, false)?;
+            push_matmul(dev, &mut pipelines, row_per_lane, &mut steps, &xn, w1, &gate, h, false)?;
+            push_matmul(dev, &mut pipelines, row_per_lane, &mut steps, &xn, w3, &up, h, false)?;
             steps.push((Op::SiluMul, pipelines.get(dev, "elementwise", shaders::ELEMENTWISE, "silu_mul", &[], &ew_layout)?, vec![&gate, &up, &act]));
-            push_matmul(dev, &mut pipelines, &mut steps, &act, w2, &x, i, true)?;
+            push_matmul(dev, &mut pipelines, row_per_lane, &mut steps, &act, w2, &x, i, true)?;
         }
         // The last rows of x are copied to x_last before these (see `step`).
         let head = steps.len();
         steps.push((Op::Norm, pipelines.get(dev, "norm", shaders::NORM, "rms_norm", &[], &norm_layout)?, vec![&x_last, &final_norm, &xn]));
-        push_matmul(dev, &mut pipelines, &mut steps, &xn, &output, &logits, h, false)?;
+        push_matmul(dev, &mut pipelines, row_per_lane, &mut steps, &xn, &output, &logits, h, false)?;
 
+        // The argmax step is not in `steps`: it runs only when asked, in the last slot.
+        let argmax_pipeline = pipelines.get(dev, "sample", shaders::SAMPLE, "argmax", &[], &[Bind::Read, Bind::Write, Bind::Uniform])?;
+        let chosen = storage("chosen", 4);
+        let chosen_staging = dev.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("chosen readback"),
+            size: 4,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
         let params = dev.create_buffer(&wgpu::BufferDescriptor {
             label: Some("params"),
-            size: steps.len() as u64 * SLOT,
+            size: (steps.len() + 1) as u64 * SLOT,
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
+        let argmax_slot = steps.len() as u64;
+        let argmax_bind = dev.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("argmax"),
+            layout: &argmax_pipeline.get_bind_group_layout(0),
+            entries: &[
+                wgpu::BindGroupEntry { binding: 0, resource: logits.as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 1, resource: chosen.as_entire_binding() },
+                wgpu::BindGroupEntry {
+                    binding: 2,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &params,
+                        offset: argmax_slot * SLOT,
+                        size: wgpu::BufferSize::new(16),
+                    }),
+                },
+            ],
+        });
+        let argmax = Step { op: Op::Argmax, pipeline: argmax_pipeline, bind: argmax_bind };
         let steps = steps
             .into_iter()
             .enumerate()
@@ -297,6 +353,9 @@ impl GpuModel {
             x_last,
             logits,
             staging,
+            argmax,
+            chosen,
+            chosen_staging,
             len: 0,
         })
     }
@@ -314,6 +373,40 @@ impl GpuModel {
     /// Runs `tokens` after the cache, like [`crate::reference::Model::forward`]; returns the
     /// logits of every new position when `all_logits`, else of the last one only.
     pub async fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
+        self.check(tokens)?;
+        // One RoPE table for the whole call, as HF computes it per forward call.
+        self.rope.update(self.len + tokens.len());
+        let vocab = self.config.vocab_size;
+        let mut out = Vec::new();
+        let chunks: Vec<&[u32]> = tokens.chunks(self.chunk).collect();
+        for (n, chunk) in chunks.iter().enumerate() {
+            let last = n + 1 == chunks.len();
+            let rows = if all_logits { chunk.len() } else if last { 1 } else { 0 };
+            self.step(chunk, rows, false);
+            if rows > 0 {
+                out.extend(self.read_logits(rows * vocab).await?);
+            }
+            self.len += chunk.len();
+        }
+        Ok(out)
+    }
+
+    /// Runs `tokens` after the cache and returns the id of the most likely next token, chosen
+    /// on the GPU: only 4 bytes come back.
+    pub async fn forward_greedy(&mut self, tokens: &[u32]) -> Result<u32> {
+        self.check(tokens)?;
+        self.rope.update(self.len + tokens.len());
+        let chunks: Vec<&[u32]> = tokens.chunks(self.chunk).collect();
+        for (n, chunk) in chunks.iter().enumerate() {
+            let last = n + 1 == chunks.len();
+            self.step(chunk, usize::from(last), last);
+            self.len += chunk.len();
+        }
+        let id = self.gpu.read_mapped_u32(&self.chosen_staging, 4).await?;
+        Ok(id[0])
+    }
+
+    fn check(&self, tokens: &[u32]) -> Result<()> {
         let c = &self.config;
         if tokens.is_empty() {
             return Err(Error::EmptyInput);
@@ -324,25 +417,12 @@ impl GpuModel {
         if self.len + tokens.len() > self.context {
             return Err(Error::ContextFull { needed: self.len + tokens.len(), context: self.context });
         }
-        // One RoPE table for the whole call, as HF computes it per forward call.
-        self.rope.update(self.len + tokens.len());
-        let vocab = c.vocab_size;
-        let mut out = Vec::new();
-        let chunks: Vec<&[u32]> = tokens.chunks(self.chunk).collect();
-        for (n, chunk) in chunks.iter().enumerate() {
-            let last = n + 1 == chunks.len();
-            let rows = if all_logits { chunk.len() } else if last { 1 } else { 0 };
-            self.step(chunk, rows);
-            if rows > 0 {
-                out.extend(self.read_logits(rows * vocab).await?);
-            }
-            self.len += chunk.len();
-        }
-        Ok(out)
+        Ok(())
     }
 
-    /// Encodes and submits one chunk; the logits of its last `rows` tokens land in `logits`.
-    fn step(&mut self, tokens: &[u32], rows: usize) {
+    /// Encodes and submits one chunk; the logits of its last `rows` tokens land in `logits`
+    /// and are copied for reading, or, with `greedy`, the argmax of the last row is.
+    fn step(&mut self, tokens: &[u32], rows: usize, greedy: bool) {
         let c = &self.config;
         let t = tokens.len() as u32;
         let pos0 = self.len as u32;
@@ -357,23 +437,27 @@ impl GpuModel {
         q.write_buffer(&self.cos_sin, 0, bytemuck::cast_slice(&table));
 
         let last = self.head; // the final norm and output run on `rows` rows
-        let mut params = vec![0u8; self.steps.len() * SLOT as usize];
+        let mut params = vec![0u8; (self.steps.len() + 1) * SLOT as usize];
         for (s, step) in self.steps.iter().enumerate() {
             let n = if s >= last { rows as u32 } else { t };
             let p: [u32; 8] = match step.op {
                 Op::Embed { row0, rows } => [h, n, row0, rows, 0, 0, 0, 0],
                 Op::Norm => [h, n, (c.rms_norm_eps as f32).to_bits(), 0, 0, 0, 0, 0],
-                Op::Matmul { row0, rows, total, cols } => [rows, cols, n, total, row0, 0, 0, 0],
+                Op::Matmul { row0, rows, total, cols, .. } => [rows, cols, n, total, row0, 0, 0, 0],
                 Op::Rope => [c.num_heads as u32, c.num_kv_heads as u32, hd, n, pos0, 0, 0, 0],
                 Op::Scores | Op::Softmax | Op::Mix => [
                     c.num_heads as u32, c.num_kv_heads as u32, hd, n, pos0, ctx,
                     (1.0 / (hd as f32).sqrt()).to_bits(), 0,
                 ],
                 Op::SiluMul => [n * c.intermediate_size as u32, 0, 0, 0, 0, 0, 0, 0],
+                Op::Argmax => unreachable!("not in steps"),
             };
             let at = s * SLOT as usize;
             params[at..at + 32].copy_from_slice(bytemuck::cast_slice(&p));
         }
+        let at = self.steps.len() * SLOT as usize;
+        let last_row = (rows.max(1) - 1) as u32;
+        params[at..at + 8].copy_from_slice(bytemuck::cast_slice(&[c.vocab_size as u32, last_row]));
         q.write_buffer(&self.params, 0, &params);
 
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
@@ -389,7 +473,10 @@ impl GpuModel {
             let groups = match step.op {
                 Op::Embed { .. } => [h.div_ceil(64), n, 1],
                 Op::Norm => [n, 1, 1],
-                Op::Matmul { rows, .. } => [rows.min(65535), rows.div_ceil(65535), n],
+                Op::Matmul { rows, row_per_lane, .. } => {
+                    let g = if row_per_lane { rows.div_ceil(64) } else { rows };
+                    [g.min(65535), g.div_ceil(65535), n]
+                }
                 Op::Rope => [(hd / 2).div_ceil(64), c.kv_group() as u32 + 2, c.num_kv_heads as u32 * n],
                 Op::Scores => [ctx.div_ceil(64), n, c.num_heads as u32],
                 Op::Softmax => [n, c.num_heads as u32, 1],
@@ -398,13 +485,21 @@ impl GpuModel {
                     let g = (n * c.intermediate_size as u32).div_ceil(64);
                     [g.min(65535), g.div_ceil(65535), 1]
                 }
+                Op::Argmax => unreachable!("not in steps"),
             };
             let mut pass = enc.begin_compute_pass(&Default::default());
             pass.set_pipeline(&step.pipeline);
             pass.set_bind_group(0, &step.bind, &[]);
             pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         }
-        if rows > 0 {
+        if greedy {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&self.argmax.pipeline);
+            pass.set_bind_group(0, &self.argmax.bind, &[]);
+            pass.dispatch_workgroups(1, 1, 1);
+            drop(pass);
+            enc.copy_buffer_to_buffer(&self.chosen, 0, &self.chosen_staging, 0, 4);
+        } else if rows > 0 {
             let bytes = (rows * c.vocab_size * 4) as u64;
             enc.copy_buffer_to_buffer(&self.logits, 0, &self.staging, 0, bytes);
         }
@@ -425,6 +520,7 @@ type StepSpec<'b> = (Op, wgpu::ComputePipeline, Vec<&'b wgpu::Buffer>);
 fn push_matmul<'b>(
     dev: &wgpu::Device,
     pl: &mut Pipelines,
+    row_per_lane: bool,
     steps: &mut Vec<StepSpec<'b>>,
     x: &'b wgpu::Buffer,
     w: &'b Weight,
@@ -436,10 +532,13 @@ fn push_matmul<'b>(
     if add {
         defs.push("ADD");
     }
+    if row_per_lane {
+        defs.push("ROW_PER_LANE");
+    }
     let binds = [Bind::Read, Bind::Read, Bind::Read, Bind::Write, Bind::Uniform];
     let pipeline = pl.get(dev, "matmul", shaders::MATMUL, "matmul", &defs, &binds)?;
     for c in &w.chunks {
-        let op = Op::Matmul { row0: c.row0 as u32, rows: c.rows as u32, total: w.rows as u32, cols: cols as u32 };
+        let op = Op::Matmul { row0: c.row0 as u32, rows: c.rows as u32, total: w.rows as u32, cols: cols as u32, row_per_lane };
         steps.push((op, pipeline.clone(), vec![x, &c.data, &c.scales, y]));
     }
     Ok(())
