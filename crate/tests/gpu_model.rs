@@ -196,3 +196,37 @@ fn decode_at_4096_tokens() {
     assert!(e <= 1e-5, "NMSE {e:.2e}");
     assert_eq!(puyu::reference::argmax(&got), puyu::reference::argmax(&want));
 }
+
+/// A second turn reuses the first turn's KV cache: only its new tokens are processed, and
+/// its reply equals what a fresh model gives for the whole conversation at once.
+#[test]
+fn second_turn_reuses_the_cache() {
+    use puyu::generate::{generate, Forward, GenerateOptions};
+    use puyu::sampling::SamplingParams;
+    use std::ops::ControlFlow;
+
+    let root = tempfile::tempdir().unwrap();
+    let dir = folder(TINY, Quant::Q4, root.path());
+    let tokenizer = puyu::Tokenizer::open(&dir.dir).unwrap();
+    let mut gpu = gpu_model(&dir, sized(128, 64));
+    let opts = |max_tokens| GenerateOptions { max_tokens, stop_ids: vec![], stop_strings: vec![], sampling: SamplingParams::greedy() };
+    let go = |gpu: &mut GpuModel, prompt: &[u32], n| generate(gpu, &tokenizer, prompt, &opts(n), |_, _| ControlFlow::Continue(())).unwrap();
+
+    let turn1 = tokenizer.encode("<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n", true).unwrap();
+    let reply1 = go(&mut gpu, &turn1, 6);
+    let cached = gpu.cached_tokens();
+    assert_eq!(cached, turn1.len() + 5, "the last sampled token is not fed yet");
+
+    // The next turn starts with that token, then the new text.
+    let mut turn2 = vec![*reply1.ids.last().unwrap()];
+    turn2.extend(tokenizer.encode("<|im_end|>\n<|im_start|>user\nmore<|im_end|>\n<|im_start|>assistant\n", false).unwrap());
+    let reply2 = go(&mut gpu, &turn2, 4);
+    assert_eq!(gpu.cached_tokens(), cached + turn2.len() + 3, "only the new tokens were processed");
+
+    let mut whole = turn1.clone();
+    whole.extend(&reply1.ids[..5]);
+    whole.extend(&turn2);
+    gpu.reset();
+    let fresh = go(&mut gpu, &whole, 4);
+    assert_eq!(reply2.ids, fresh.ids);
+}
