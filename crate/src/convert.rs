@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::checkpoint::{to_f32, Checkpoint, WeightSource};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::model_dir::{expected_tensors, hex, plan, storage_quant, Manifest, MAX_SHARD_BYTES};
+use crate::model_dir::{expected_tensors, hex, matrix_dims, plan, storage_quant, Manifest, MAX_SHARD_BYTES};
 use crate::quant::Quant;
 use crate::tokenizer::Tokenizer;
 
@@ -86,7 +86,7 @@ pub fn convert(
                 let entry = &manifest.tensors[blob.tensor];
                 let part = &entry.parts[blob.part];
                 let src = ckpt.tensor(&sources[blob.tensor])?;
-                let cols = if entry.shape.len() == 1 { entry.shape[0] } else { entry.shape[1] };
+                let (_, cols) = matrix_dims(&entry.shape);
                 let elem = src.data.len() / entry.shape.iter().product::<usize>();
                 let block_rows = (BLOCK_BYTES / (cols * 4)).max(1);
                 let mut row = part.rows[0];

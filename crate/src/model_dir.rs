@@ -127,6 +127,15 @@ pub fn expected_tensors(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     out
 }
 
+/// A stored tensor as a matrix `(rows, cols)`: a 1-D norm weight is one row.
+pub fn matrix_dims(shape: &[usize]) -> (usize, usize) {
+    match shape {
+        [n] => (1, *n),
+        [rows, rest @ ..] => (*rows, rest.iter().product()),
+        [] => (0, 0),
+    }
+}
+
 /// The format a tensor is stored in, given the model's quantization: norms stay f32.
 pub fn storage_quant(shape: &[usize], quant: Quant) -> Quant {
     if shape.len() == 1 {
@@ -164,9 +173,7 @@ pub fn plan(
             + items.iter().map(|i| i.4).sum::<u64>()
     };
     for (t, (name, shape, quant)) in tensors.iter().enumerate() {
-        let rows = shape[0];
-        let cols: usize = if shape.len() == 1 { 1 } else { shape[1..].iter().product() };
-        let (rows, cols) = if shape.len() == 1 { (1, shape[0]) } else { (rows, cols) };
+        let (rows, cols) = matrix_dims(shape);
         if !quant.fits(cols) {
             return Err(Error::ManifestInvalid {
                 reason: format!("`{name}`: {cols} columns are not a multiple of 32, needed by {quant}"),
@@ -369,7 +376,7 @@ impl Manifest {
         }
         let mut spans: Vec<Vec<(Span, &str)>> = vec![Vec::new(); self.shards.len()];
         for t in &self.tensors {
-            let (rows, cols) = if t.shape.len() == 1 { (1, t.shape[0]) } else { (t.shape[0], t.shape[1..].iter().product()) };
+            let (rows, cols) = matrix_dims(&t.shape);
             if t.layout != t.quant.layout() {
                 return Err(bad(format!("`{}` has layout `{}`, which this version does not read", t.name, t.layout)));
             }

@@ -171,7 +171,7 @@ impl GpuModel {
         };
         let weight = |name: &str| -> Result<Weight> {
             let (t, entry) = manifest.tensor(name).ok_or_else(|| Error::MissingTensor { name: name.into() })?;
-            let (rows, cols) = if entry.shape.len() == 1 { (1, entry.shape[0]) } else { (entry.shape[0], entry.shape[1]) };
+            let (rows, cols) = crate::model_dir::matrix_dims(&entry.shape);
             // The whole tensor, parts (shard splits) joined.
             let (mut data, mut scales) = (Vec::new(), Vec::new());
             for p in 0..entry.parts.len() {
@@ -373,6 +373,20 @@ impl GpuModel {
     /// Runs `tokens` after the cache, like [`crate::reference::Model::forward`]; returns the
     /// logits of every new position when `all_logits`, else of the last one only.
     pub async fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
+        self.run(tokens, all_logits, false).await
+    }
+
+    /// Runs `tokens` after the cache and returns the id of the most likely next token, chosen
+    /// on the GPU: only 4 bytes come back.
+    pub async fn forward_greedy(&mut self, tokens: &[u32]) -> Result<u32> {
+        self.run(tokens, false, true).await?;
+        let id = self.gpu.read_mapped_u32(&self.chosen_staging, 4).await?;
+        Ok(id[0])
+    }
+
+    /// The chunk loop of both: logits of every token (`all_logits`), of the last one, or,
+    /// with `greedy`, none read back (the argmax of the last row is left in `chosen_staging`).
+    async fn run(&mut self, tokens: &[u32], all_logits: bool, greedy: bool) -> Result<Vec<f32>> {
         self.check(tokens)?;
         // One RoPE table for the whole call, as HF computes it per forward call.
         self.rope.update(self.len + tokens.len());
@@ -381,29 +395,14 @@ impl GpuModel {
         let chunks: Vec<&[u32]> = tokens.chunks(self.chunk).collect();
         for (n, chunk) in chunks.iter().enumerate() {
             let last = n + 1 == chunks.len();
-            let rows = if all_logits { chunk.len() } else if last { 1 } else { 0 };
-            self.step(chunk, rows, false);
-            if rows > 0 {
+            let rows = if all_logits { chunk.len() } else { usize::from(last) };
+            self.step(chunk, rows, greedy && last);
+            if rows > 0 && !greedy {
                 out.extend(self.read_logits(rows * vocab).await?);
             }
             self.len += chunk.len();
         }
         Ok(out)
-    }
-
-    /// Runs `tokens` after the cache and returns the id of the most likely next token, chosen
-    /// on the GPU: only 4 bytes come back.
-    pub async fn forward_greedy(&mut self, tokens: &[u32]) -> Result<u32> {
-        self.check(tokens)?;
-        self.rope.update(self.len + tokens.len());
-        let chunks: Vec<&[u32]> = tokens.chunks(self.chunk).collect();
-        for (n, chunk) in chunks.iter().enumerate() {
-            let last = n + 1 == chunks.len();
-            self.step(chunk, usize::from(last), last);
-            self.len += chunk.len();
-        }
-        let id = self.gpu.read_mapped_u32(&self.chosen_staging, 4).await?;
-        Ok(id[0])
     }
 
     fn check(&self, tokens: &[u32]) -> Result<()> {
