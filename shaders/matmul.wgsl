@@ -1,11 +1,23 @@
 // Matrix products with quantized weights: y[t, o] = Σ_k x[t, k] · W[o, k]  (y = x·Wᵀ).
-// Two schedules: by default one workgroup per (output row o, token t), whose 64 lanes split k
-// and then reduce; with ROW_PER_LANE each lane computes a whole row, 64 rows per workgroup
-// (better when K is short: the tiny models, and CPU drivers such as lavapipe).
+//
+// Each invocation (or workgroup) computes one output row for a tile of TILE tokens, so a
+// weight word is fetched and unpacked once per tile instead of once per token: TILE = 1 is
+// the matrix-vector product of decode, TILE4 / TILE8 the tiled matrix-matrix product of
+// prefill. Token counts that are not a multiple of the tile are handled (the tail lanes of
+// the tile read a valid token and their results are not stored).
+//
+// Two schedules: by default one workgroup per (output row o, token tile), whose 64 lanes
+// split k and then reduce (in shared memory, or with subgroupAdd under SUBGROUPS); with
+// ROW_PER_LANE each lane computes a whole row, 64 rows per workgroup (better on CPU drivers
+// such as lavapipe and SwiftShader, whose lanes are SIMD slots of one core).
+//
 // W may be one of several row blocks of a matrix too big for one binding: this dispatch
 // computes rows [row0, row0 + rows) of y, whose rows are `total` long.
 // Variants (preprocessor): Q4 | Q8 | F16 weights (see crate/src/quant.rs for the packing);
-// ADD accumulates into y (the residual add fused into the epilogue).
+// ADD accumulates into y (the residual add fused into the epilogue); TILE4 | TILE8;
+// ROW_PER_LANE; SUBGROUPS (workgroup schedule only).
+// (naga takes subgroup built-ins without `enable subgroups;` and rejects that directive; the
+// variant is only used natively, as wasm wgpu exposes no subgroups.)
 
 struct Params {
     rows: u32,      // rows of this block of W
@@ -25,29 +37,53 @@ struct Params {
 @group(0) @binding(4) var<uniform> p: Params;
 
 const LANES: u32 = 64u;
-var<workgroup> partial: array<f32, 64>;
+#if TILE8
+const TILE: u32 = 8u;
+#else
+#if TILE4
+const TILE: u32 = 4u;
+#else
+const TILE: u32 = 1u;
+#endif
+#endif
 
 fn scale(row: u32, group: u32) -> f32 {
     let i = row * (p.cols / 32u) + group;
     return unpack2x16float(scales[i / 2u] >> (16u * (i % 2u))).x;
 }
 
-// Σ over this lane's share of row `row` against token t's input: words lane, lane + stride, …
-fn dot_words(row: u32, t: u32, lane: u32, stride: u32) -> f32 {
-    let xb = t * p.cols;
-    var acc = 0.0;
+// Offsets of the tile's tokens in x; past the last token, the last token again (read, not stored).
+fn token_bases(t0: u32) -> array<u32, TILE> {
+    var b: array<u32, TILE>;
+    for (var j = 0u; j < TILE; j++) {
+        b[j] = min(t0 + j, p.tokens - 1u) * p.cols;
+    }
+    return b;
+}
+
+// Σ over this lane's share of row `row` (words lane, lane + stride, …) against each token of
+// the tile starting at t0.
+fn dot_words(row: u32, t0: u32, lane: u32, stride: u32) -> array<f32, TILE> {
+    let xb = token_bases(t0);
+    var acc: array<f32, TILE>;
 #if Q4
     // 8 weights per word, nibble i = weight 8·word + i, value (q − 8)·scale.
     let words = p.cols / 8u;
     for (var wi = lane; wi < words; wi += stride) {
         let word = w[row * words + wi];
         let d = scale(row, wi / 4u);
-        let k = xb + wi * 8u;
-        var s = 0.0;
+        var v: array<f32, 8>;
         for (var i = 0u; i < 8u; i++) {
-            s += (f32((word >> (4u * i)) & 15u) - 8.0) * x[k + i];
+            v[i] = f32((word >> (4u * i)) & 15u) - 8.0;
         }
-        acc += s * d;
+        for (var j = 0u; j < TILE; j++) {
+            let k = xb[j] + wi * 8u;
+            var s = 0.0;
+            for (var i = 0u; i < 8u; i++) {
+                s += v[i] * x[k + i];
+            }
+            acc[j] += s * d;
+        }
     }
 #endif
 #if Q8
@@ -56,65 +92,112 @@ fn dot_words(row: u32, t: u32, lane: u32, stride: u32) -> f32 {
     for (var wi = lane; wi < words; wi += stride) {
         let word = i32(w[row * words + wi]);
         let d = scale(row, wi / 8u);
-        let k = xb + wi * 4u;
-        var s = 0.0;
+        var v: array<f32, 4>;
         for (var i = 0u; i < 4u; i++) {
-            s += f32(extractBits(word, 8u * i, 8u)) * x[k + i];
+            v[i] = f32(extractBits(word, 8u * i, 8u));
         }
-        acc += s * d;
+        for (var j = 0u; j < TILE; j++) {
+            let k = xb[j] + wi * 4u;
+            var s = 0.0;
+            for (var i = 0u; i < 4u; i++) {
+                s += v[i] * x[k + i];
+            }
+            acc[j] += s * d;
+        }
     }
 #endif
 #if F16
     let words = p.cols / 2u;
     for (var wi = lane; wi < words; wi += stride) {
         let v = unpack2x16float(w[row * words + wi]);
-        let k = xb + wi * 2u;
-        acc += v.x * x[k] + v.y * x[k + 1u];
+        for (var j = 0u; j < TILE; j++) {
+            let k = xb[j] + wi * 2u;
+            acc[j] += v.x * x[k] + v.y * x[k + 1u];
+        }
     }
 #endif
     return acc;
 }
 
+fn store(row: u32, t: u32, value: f32) {
+    if (t >= p.tokens) {
+        return;
+    }
+    let at = t * p.total + p.row0 + row;
+#if ADD
+    y[at] += value;
+#else
+    y[at] = value;
+#endif
+}
+
 #if ROW_PER_LANE
+// x: row block (+ y · 65535 beyond 65535 workgroups), z: token tile.
 @compute @workgroup_size(64)
 fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
     let row = (wg.x + wg.y * 65535u) * LANES + lane;
-    let t = wg.z;
+    let t0 = wg.z * TILE;
     if (row >= p.rows) {
         return;
     }
-    let acc = dot_words(row, t, 0u, 1u);
-    let at = t * p.total + p.row0 + row;
-#if ADD
-    y[at] += acc;
-#else
-    y[at] = acc;
-#endif
+    let acc = dot_words(row, t0, 0u, 1u);
+    for (var j = 0u; j < TILE; j++) {
+        store(row, t0 + j, acc[j]);
+    }
 }
 #else
+var<workgroup> partial: array<array<f32, TILE>, 64>;
+
+// x: row (+ y · 65535 beyond 65535 workgroups), z: token tile.
 @compute @workgroup_size(64)
-fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
-    // Rows beyond 65535 workgroups continue in wg.y.
+fn matmul(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) lane: u32,
+#if SUBGROUPS
+    @builtin(subgroup_invocation_id) sg_lane: u32,
+    @builtin(subgroup_size) sg_size: u32,
+#endif
+) {
     let row = wg.x + wg.y * 65535u;
-    let t = wg.z;
+    let t0 = wg.z * TILE;
     if (row >= p.rows) {
         return; // uniform across the workgroup
     }
-    partial[lane] = dot_words(row, t, lane, LANES);
+    let acc = dot_words(row, t0, lane, LANES);
+#if SUBGROUPS
+    // Sum within each subgroup, then the subgroups' sums in shared memory.
+    for (var j = 0u; j < TILE; j++) {
+        let s = subgroupAdd(acc[j]);
+        if (sg_lane == 0u) {
+            partial[lane / sg_size][j] = s;
+        }
+    }
+    workgroupBarrier();
+    if (lane == 0u) {
+        for (var j = 0u; j < TILE; j++) {
+            var s = 0.0;
+            for (var g = 0u; g < max(LANES / sg_size, 1u); g++) {
+                s += partial[g][j];
+            }
+            store(row, t0 + j, s);
+        }
+    }
+#else
+    partial[lane] = acc;
     workgroupBarrier();
     for (var stride = LANES / 2u; stride > 0u; stride /= 2u) {
         if (lane < stride) {
-            partial[lane] += partial[lane + stride];
+            for (var j = 0u; j < TILE; j++) {
+                partial[lane][j] += partial[lane + stride][j];
+            }
         }
         workgroupBarrier();
     }
     if (lane == 0u) {
-        let at = t * p.total + p.row0 + row;
-#if ADD
-        y[at] += partial[0];
-#else
-        y[at] = partial[0];
-#endif
+        for (var j = 0u; j < TILE; j++) {
+            store(row, t0 + j, partial[0][j]);
+        }
     }
+#endif
 }
 #endif

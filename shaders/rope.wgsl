@@ -2,6 +2,13 @@
 // write: for token t at position pos0 + t, query heads go rotated to q, key heads rotated and
 // value heads as they are to the caches. cos/sin come from the CPU (crate/src/rope.rs), which
 // owns InternLM2's dynamic-NTK base, so the angles equal the reference's exactly.
+// Variants: KV_F16 stores the caches in f16 (see attention.wgsl).
+#if KV_F16
+enable f16;
+alias kv_t = f16;
+#else
+alias kv_t = f32;
+#endif
 
 struct Params {
     heads: u32,     // nh
@@ -17,8 +24,8 @@ struct Params {
 @group(0) @binding(0) var<storage, read> qkv: array<f32>;           // [T, nkv, G+2, hd]
 @group(0) @binding(1) var<storage, read> cos_sin: array<vec2<f32>>; // [T, hd/2] (cos, sin)
 @group(0) @binding(2) var<storage, read_write> q: array<f32>;       // [T, nh, hd]
-@group(0) @binding(3) var<storage, read_write> k_cache: array<f32>; // [ctx, nkv, hd]
-@group(0) @binding(4) var<storage, read_write> v_cache: array<f32>; // [ctx, nkv, hd]
+@group(0) @binding(3) var<storage, read_write> k_cache: array<kv_t>; // [ctx, nkv, hd]
+@group(0) @binding(4) var<storage, read_write> v_cache: array<kv_t>; // [ctx, nkv, hd]
 @group(0) @binding(5) var<uniform> p: Params;
 
 // One invocation per (pair j < hd/2, slot in the group of G+2 heads, KV group · token).
@@ -45,10 +52,10 @@ fn rope_kv(@builtin(global_invocation_id) gid: vec3<u32>) {
         q[dst + j] = ra;
         q[dst + j + half] = rb;
     } else if (slot == group) {
-        k_cache[cache + j] = ra;
-        k_cache[cache + j + half] = rb;
+        k_cache[cache + j] = kv_t(ra);
+        k_cache[cache + j + half] = kv_t(rb);
     } else {
-        v_cache[cache + j] = a;
-        v_cache[cache + j + half] = b;
+        v_cache[cache + j] = kv_t(a);
+        v_cache[cache + j + half] = kv_t(b);
     }
 }

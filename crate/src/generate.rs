@@ -13,10 +13,10 @@ use crate::tokenizer::Tokenizer;
 pub trait Forward {
     /// Runs `tokens` after the cache; returns the logits of the last one.
     fn forward_last(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
-    /// Runs `tokens` after the cache; returns the most likely next token (the GPU picks it
-    /// there and reads back only its id).
-    fn forward_greedy(&mut self, tokens: &[u32]) -> Result<u32> {
-        Ok(crate::reference::argmax(&self.forward_last(tokens)?))
+    /// Runs `tokens` after the cache and picks the next token with `sampler` (`history`: the
+    /// tokens so far, for the penalty). The GPU samples there and reads back only the id.
+    fn forward_sample(&mut self, tokens: &[u32], sampler: &mut Sampler, history: &[u32]) -> Result<u32> {
+        Ok(sampler.sample(&self.forward_last(tokens)?, history))
     }
     /// Tokens in the cache.
     fn cached_tokens(&self) -> usize;
@@ -53,8 +53,8 @@ impl Forward for crate::gpu::model::GpuModel {
     fn forward_last(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         pollster::block_on(self.forward(tokens, false))
     }
-    fn forward_greedy(&mut self, tokens: &[u32]) -> Result<u32> {
-        pollster::block_on(crate::gpu::model::GpuModel::forward_greedy(self, tokens))
+    fn forward_sample(&mut self, tokens: &[u32], sampler: &mut Sampler, history: &[u32]) -> Result<u32> {
+        pollster::block_on(crate::gpu::model::GpuModel::forward_sample(self, tokens, sampler, history))
     }
     fn cached_tokens(&self) -> usize {
         self.len
@@ -121,17 +121,7 @@ pub fn generate(
         finish: FinishReason::Length,
     };
 
-    // Greedy decoding without a penalty needs no logits on the CPU.
-    let p = &options.sampling;
-    let greedy = p.temperature == 0.0 && p.repeat_penalty == 1.0;
-    let mut next = |model: &mut dyn Forward, tokens: &[u32], history: &[u32]| -> Result<u32> {
-        if greedy {
-            model.forward_greedy(tokens)
-        } else {
-            Ok(sampler.sample(&model.forward_last(tokens)?, history))
-        }
-    };
-    let mut id = next(model, prompt, &history)?;
+    let mut id = model.forward_sample(prompt, &mut sampler, &history)?;
     while out.ids.len() < options.max_tokens {
         out.ids.push(id);
         history.push(id);
@@ -154,7 +144,7 @@ pub fn generate(
         if out.ids.len() == options.max_tokens {
             break;
         }
-        id = next(model, &[id], &history)?;
+        id = model.forward_sample(&[id], &mut sampler, &history)?;
     }
     if out.finish != FinishReason::Stop {
         // Whatever was held back (a partial stop string, an unfinished byte run) is text.

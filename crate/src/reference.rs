@@ -152,7 +152,7 @@ impl Model {
                     session.v_cache[l].extend_from_slice(v);
                 }
             }
-            let attn = attention(c, &q, &session.k_cache[l], &session.v_cache[l], p);
+            let attn = attention(&q, &session.k_cache[l], &session.v_cache[l], (nh, nkv, hd), p);
             add_in_place(&mut x, &matmul(&attn, &lw.wo, nh * hd));
 
             // ---- feed-forward: w2(silu(w1·n) ⊙ w3·n) ----
@@ -186,9 +186,10 @@ fn split_qkv<'a>(c: &ModelConfig, row: &'a [f32]) -> (Vec<&'a [f32]>, Vec<&'a [f
 }
 
 /// Causal GQA attention of T new queries (positions p..p+T) over the cache (positions
-/// 0..p+T). q: `[T, nh, hd]`, k/v cache: `[p+T, nkv, hd]` → `[T, nh·hd]`.
-fn attention(c: &ModelConfig, q: &[f32], k: &[f32], v: &[f32], p: usize) -> Vec<f32> {
-    let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+/// 0..p+T). q: `[T, nh, hd]`, k/v cache: `[p+T, nkv, hd]` → `[T, nh·hd]`; `heads` is
+/// (nh, nkv, hd).
+pub fn attention(q: &[f32], k: &[f32], v: &[f32], heads: (usize, usize, usize), p: usize) -> Vec<f32> {
+    let (nh, nkv, hd) = heads;
     let t_new = q.len() / (nh * hd);
     let scale = 1.0 / (hd as f32).sqrt();
     let mut out = vec![0f32; t_new * nh * hd];
@@ -196,7 +197,7 @@ fn attention(c: &ModelConfig, q: &[f32], k: &[f32], v: &[f32], p: usize) -> Vec<
     for t in 0..t_new {
         let visible = p + t + 1; // causal: the token sees itself and everything before
         for n in 0..nh {
-            let kv = n / c.kv_group();
+            let kv = n / (nh / nkv);
             let qh = &q[(t * nh + n) * hd..(t * nh + n + 1) * hd];
             scores.clear();
             scores.extend((0..visible).map(|s| {
@@ -264,7 +265,7 @@ pub fn softmax_in_place(x: &mut [f32]) {
     }
 }
 
-fn silu(x: f32) -> f32 {
+pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 

@@ -57,6 +57,28 @@ impl SamplingParams {
     }
 }
 
+/// One choice as a GPU makes it (see shaders/sample.wgsl): the settings, the distinct
+/// recent tokens for the penalty, and the uniform number drawn from the sampler's stream.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Draw {
+    pub temperature: f32,
+    /// 0 keeps all.
+    pub top_k: u32,
+    pub top_p: f32,
+    pub penalty: f32,
+    /// Distinct recent tokens the penalty applies to (empty when it is off).
+    pub recent: Vec<u32>,
+    /// Uniform in [0, 1) (0 when greedy: nothing is drawn).
+    pub u: f32,
+}
+
+impl Draw {
+    /// Greedy, no penalty.
+    pub fn greedy() -> Draw {
+        Draw { penalty: 1.0, top_p: 1.0, ..Default::default() }
+    }
+}
+
 /// A sampler with its own random stream (one per generation).
 pub struct Sampler {
     params: SamplingParams,
@@ -80,20 +102,36 @@ impl Sampler {
         (z >> 40) as f32 / (1u64 << 24) as f32
     }
 
+    /// The distinct tokens among the last `repeat_last_n` of `history`, most recent first
+    /// (none when the penalty is off).
+    fn recent(&self, history: &[u32]) -> Vec<u32> {
+        if self.params.repeat_penalty == 1.0 {
+            return Vec::new();
+        }
+        let mut seen = std::collections::HashSet::new();
+        history.iter().rev().take(self.params.repeat_last_n).copied().filter(|&t| seen.insert(t)).collect()
+    }
+
+    /// The next choice for a GPU to make: what [`Sampler::sample`] would do with the same
+    /// logits, advancing the random stream the same way.
+    pub fn gpu_draw(&mut self, history: &[u32]) -> Draw {
+        let p = &self.params;
+        let (temperature, top_k, top_p, penalty) = (p.temperature, p.top_k.min(u32::MAX as usize) as u32, p.top_p, p.repeat_penalty);
+        let recent = self.recent(history);
+        let u = if temperature == 0.0 { 0.0 } else { self.uniform() };
+        Draw { temperature, top_k, top_p, penalty, recent, u }
+    }
+
     /// Picks a token from `logits` given the tokens so far (`history`, for the penalty).
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
-        let p = &self.params;
         let mut logits = logits.to_vec();
-        if p.repeat_penalty != 1.0 {
-            let mut seen = std::collections::HashSet::new();
-            for &t in history.iter().rev().take(p.repeat_last_n) {
-                if let Some(l) = logits.get_mut(t as usize) {
-                    if seen.insert(t) {
-                        *l = if *l > 0.0 { *l / p.repeat_penalty } else { *l * p.repeat_penalty };
-                    }
-                }
+        for t in self.recent(history) {
+            if let Some(l) = logits.get_mut(t as usize) {
+                let penalty = self.params.repeat_penalty;
+                *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
             }
         }
+        let p = &self.params;
         if p.temperature == 0.0 {
             return argmax(&logits);
         }

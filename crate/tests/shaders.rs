@@ -6,13 +6,16 @@ use puyu::gpu::{preprocess::preprocess, shaders};
 
 #[test]
 fn every_shader_variant_validates() {
-    for (name, source, defines) in shaders::VARIANTS {
-        let code = preprocess(source, defines).unwrap_or_else(|e| panic!("{name} {defines:?}: {e}"));
+    for (name, source, defines) in shaders::variants() {
+        let code = preprocess(source, &defines).unwrap_or_else(|e| panic!("{name} {defines:?}: {e}"));
         let module = naga::front::wgsl::parse_str(&code)
             .unwrap_or_else(|e| panic!("{name} {defines:?}: {}", e.emit_to_string(&code)));
-        // Only what every WebGPU device has: naga files core WGSL's unpack2x16float under
-        // SHADER_FLOAT16_IN_FLOAT32; nothing else (no shader-f16, no subgroups) is allowed.
-        let caps = naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+        // Only what every WebGPU device has (naga files core WGSL's unpack2x16float under
+        // SHADER_FLOAT16_IN_FLOAT32), plus exactly the feature a variant is for.
+        use naga::valid::Capabilities as C;
+        let mut caps = C::SHADER_FLOAT16_IN_FLOAT32;
+        caps.set(C::SHADER_FLOAT16, defines.contains(&"KV_F16"));
+        caps.set(C::SUBGROUP, defines.contains(&"SUBGROUPS"));
         naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
             .validate(&module)
             .unwrap_or_else(|e| panic!("{name} {defines:?}: {}", e.emit_to_string(&code)));
@@ -29,7 +32,7 @@ fn every_file_in_shaders_is_listed() {
         .filter(|n| n.ends_with(".wgsl"))
         .collect();
     on_disk.sort();
-    let mut listed: Vec<String> = shaders::VARIANTS.iter().map(|(n, _, _)| n.to_string()).collect();
+    let mut listed: Vec<String> = shaders::variants().iter().map(|(n, _, _)| n.to_string()).collect();
     listed.sort();
     listed.dedup();
     assert_eq!(on_disk, listed);

@@ -6,6 +6,7 @@
 
 use wgpu::util::DeviceExt;
 
+pub mod lab;
 pub mod model;
 pub mod preprocess;
 
@@ -21,35 +22,62 @@ pub mod shaders {
     pub const ROPE: &str = include_str!("../../../shaders/rope.wgsl");
     pub const SAMPLE: &str = include_str!("../../../shaders/sample.wgsl");
 
-    /// Every shader file with every set of defines it is used with, for validation.
-    pub const VARIANTS: &[(&str, &str, &[&str])] = &[
-        ("attention.wgsl", ATTENTION, &[]),
-        ("elementwise.wgsl", ELEMENTWISE, &[]),
-        ("embed.wgsl", EMBED, &["Q4"]),
-        ("embed.wgsl", EMBED, &["Q8"]),
-        ("embed.wgsl", EMBED, &["F16"]),
-        ("matmul.wgsl", MATMUL, &["Q4"]),
-        ("matmul.wgsl", MATMUL, &["Q8"]),
-        ("matmul.wgsl", MATMUL, &["F16"]),
-        ("matmul.wgsl", MATMUL, &["Q4", "ADD"]),
-        ("matmul.wgsl", MATMUL, &["Q8", "ADD"]),
-        ("matmul.wgsl", MATMUL, &["F16", "ADD"]),
-        ("matmul.wgsl", MATMUL, &["Q4", "ROW_PER_LANE"]),
-        ("matmul.wgsl", MATMUL, &["Q8", "ROW_PER_LANE"]),
-        ("matmul.wgsl", MATMUL, &["F16", "ROW_PER_LANE"]),
-        ("matmul.wgsl", MATMUL, &["Q4", "ADD", "ROW_PER_LANE"]),
-        ("matmul.wgsl", MATMUL, &["Q8", "ADD", "ROW_PER_LANE"]),
-        ("matmul.wgsl", MATMUL, &["F16", "ADD", "ROW_PER_LANE"]),
-        ("norm.wgsl", NORM, &[]),
-        ("rope.wgsl", ROPE, &[]),
-        ("sample.wgsl", SAMPLE, &[]),
-    ];
+    /// Every shader file with every set of defines the engine may use, for validation.
+    pub fn variants() -> Vec<(&'static str, &'static str, Vec<&'static str>)> {
+        let mut v: Vec<(&'static str, &'static str, Vec<&'static str>)> = vec![
+            ("elementwise.wgsl", ELEMENTWISE, vec![]),
+            ("norm.wgsl", NORM, vec![]),
+            ("sample.wgsl", SAMPLE, vec![]),
+        ];
+        for kv in [None, Some("KV_F16")] {
+            v.push(("attention.wgsl", ATTENTION, kv.into_iter().collect()));
+            v.push(("rope.wgsl", ROPE, kv.into_iter().collect()));
+        }
+        for quant in ["Q4", "Q8", "F16"] {
+            v.push(("embed.wgsl", EMBED, vec![quant]));
+            for add in [None, Some("ADD")] {
+                for tile in [None, Some("TILE4"), Some("TILE8")] {
+                    for schedule in [Some("ROW_PER_LANE"), None, Some("SUBGROUPS")] {
+                        let defs = [Some(quant), add, tile, schedule];
+                        v.push(("matmul.wgsl", MATMUL, defs.into_iter().flatten().collect()));
+                    }
+                }
+            }
+        }
+        v
+    }
+}
+
+/// Optional device features puyu uses when the adapter has them. Switching one off forces
+/// the portable path (tests run both; Chromium's SwiftShader has no shader-f16, and wasm
+/// wgpu exposes no subgroups today).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FeatureWish {
+    /// `shader-f16`: the KV cache is stored in f16 (half its memory and bandwidth).
+    pub f16: bool,
+    /// `subgroups`: matrix-product reductions with subgroupAdd instead of shared memory.
+    pub subgroups: bool,
+}
+
+impl Default for FeatureWish {
+    fn default() -> Self {
+        FeatureWish { f16: true, subgroups: true }
+    }
+}
+
+impl FeatureWish {
+    /// Everything off: only what every WebGPU device has.
+    pub const PORTABLE: FeatureWish = FeatureWish { f16: false, subgroups: false };
 }
 
 pub struct Gpu {
     pub adapter_info: wgpu::AdapterInfo,
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
+    /// shader-f16 was requested and granted.
+    pub f16: bool,
+    /// subgroups were requested and granted.
+    pub subgroups: bool,
 }
 
 /// The adapters wgpu can see on `backends`, for `puyu info`.
@@ -66,9 +94,14 @@ fn instance(backends: wgpu::Backends) -> wgpu::Instance {
 }
 
 impl Gpu {
-    /// Opens the best adapter on `backends` with that adapter's own limits (not wgpu's
-    /// conservative defaults). Fails with [`Error::NoAdapter`] when there is none.
+    /// Opens the best adapter on `backends` with that adapter's own limits and every
+    /// optional feature it has. Fails with [`Error::NoAdapter`] when there is none.
     pub async fn new(backends: wgpu::Backends) -> Result<Gpu> {
+        Gpu::open(backends, FeatureWish::default()).await
+    }
+
+    /// As [`Gpu::new`], requesting only the wished features (and only those the adapter has).
+    pub async fn open(backends: wgpu::Backends, wish: FeatureWish) -> Result<Gpu> {
         let instance = instance(backends);
         let adapter = instance
             .request_adapter(&wgpu::RequestAdapterOptions {
@@ -79,9 +112,16 @@ impl Gpu {
             .map_err(|e| Error::NoAdapter {
                 detail: e.to_string(),
             })?;
+        let has = adapter.features();
+        let f16 = wish.f16 && has.contains(wgpu::Features::SHADER_F16);
+        let subgroups = wish.subgroups && has.contains(wgpu::Features::SUBGROUP);
+        let mut features = wgpu::Features::empty();
+        features.set(wgpu::Features::SHADER_F16, f16);
+        features.set(wgpu::Features::SUBGROUP, subgroups);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("puyu"),
+                required_features: features,
                 required_limits: adapter.limits(),
                 ..Default::default()
             })
@@ -91,7 +131,23 @@ impl Gpu {
             adapter_info: adapter.get_info(),
             device,
             queue,
+            f16,
+            subgroups,
         })
+    }
+
+    /// One line on what was chosen: adapter, backend, features.
+    pub fn describe(&self) -> String {
+        let i = &self.adapter_info;
+        let on = |b: bool| if b { "on" } else { "off" };
+        format!(
+            "{} ({:?}, {:?}); shader-f16 {}, subgroups {}",
+            i.name,
+            i.backend,
+            i.device_type,
+            on(self.f16),
+            on(self.subgroups)
+        )
     }
 
     fn storage(&self, label: &str, data: &[f32]) -> wgpu::Buffer {

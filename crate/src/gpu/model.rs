@@ -1,9 +1,10 @@
 //! InternLM2 on the GPU: weights from a puyu model folder in GPU buffers, a KV cache sized
 //! from the requested context, and the forward pass as one command encoder per step.
 //!
-//! First version: the f32 path (no shader-f16, no subgroups), kernels written for clarity;
-//! every op matches the CPU reference (`crate::reference`) op for op. Buffers and bind groups
-//! are made once; a step only writes its tokens, RoPE table and parameters, then dispatches.
+//! Every op matches the CPU reference (`crate::reference`) op for op. Activations are f32;
+//! the KV cache is f16 when the device has shader-f16, else f32. Buffers and bind groups are
+//! made once; a step only writes its tokens, RoPE table and parameters, then dispatches, and
+//! reads back either logits or (sampling on the GPU) one token id.
 
 use std::collections::HashMap;
 
@@ -12,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::model_dir::{BlobId, Manifest};
 use crate::quant::Quant;
 use crate::rope::Rope;
+use crate::sampling::{Draw, Sampler};
 
 use super::{preprocess::preprocess, shaders, Gpu};
 
@@ -34,19 +36,30 @@ enum Op {
     /// Rows [row0, row0 + rows) of a matrix with `total` rows (one buffer of it).
     Matmul { row0: u32, rows: u32, total: u32, cols: u32, row_per_lane: bool },
     Rope,
-    Scores,
-    Softmax,
-    Mix,
+    /// Attention over one KV split per workgroup (see attention.wgsl), then the splits merged.
+    Attend,
+    Combine,
     SiluMul,
-    /// Greedy choice over the last logit row.
-    Argmax,
+    /// Penalty, greedy or top-k/top-p draw over the last logit row (see sample.wgsl).
+    Sample,
 }
 
-/// One dispatch; its parameters live in slot `index` of the params buffer.
+/// One dispatch; its parameters live in the params slot of its index. Matrix products also
+/// have a token-tiled pipeline for steps of several tokens (prefill).
 struct Step {
     op: Op,
     pipeline: wgpu::ComputePipeline,
+    tiled: Option<wgpu::ComputePipeline>,
     bind: wgpu::BindGroup,
+}
+
+/// How a step's attention is split over the KV range: (splits, keys per split) for `tokens`
+/// queries over `ctx` keys, with at most `part_rows` (tokens × splits) partial rows.
+pub fn kv_splits(tokens: usize, ctx: usize, heads: usize, part_rows: usize) -> (u32, u32) {
+    // Enough workgroups to fill a GPU (~128) without exceeding the partials buffer.
+    let most = 128usize.div_ceil(tokens * heads).clamp(1, (part_rows / tokens).max(1));
+    let split_len = ctx.div_ceil(most).next_multiple_of(64);
+    (ctx.div_ceil(split_len) as u32, split_len as u32)
 }
 
 /// A weight tensor in GPU buffers: split by rows into chunks when it is larger than one
@@ -86,11 +99,13 @@ pub struct GpuOptions {
     /// storage-binding limit; tests force a small one).
     pub weight_binding_limit: Option<u64>,
     pub matmul: Schedule,
+    /// Tokens per matrix-product tile in steps of several tokens: 1, 4 or 8.
+    pub prefill_tile: u32,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { context: 4096, chunk: 128, weight_binding_limit: None, matmul: Schedule::Auto }
+        GpuOptions { context: 4096, chunk: 128, weight_binding_limit: None, matmul: Schedule::Auto, prefill_tile: 8 }
     }
 }
 
@@ -112,10 +127,15 @@ pub struct GpuModel {
     x_last: wgpu::Buffer,
     logits: wgpu::Buffer,
     staging: wgpu::Buffer,
-    /// Greedy sampling on the GPU: the argmax kernel, its output, and a 4-byte readback.
-    argmax: Step,
+    /// Sampling on the GPU: the kernel, the recent tokens for the penalty, its output, and a
+    /// 4-byte readback.
+    sample: Step,
+    recent: wgpu::Buffer,
     chosen: wgpu::Buffer,
     chosen_staging: wgpu::Buffer,
+    /// Rows of the attention partials buffer (tokens × splits).
+    part_rows: usize,
+    prefill_tile: u32,
     /// Tokens in the cache.
     pub len: usize,
     rope: Rope,
@@ -144,10 +164,20 @@ impl GpuModel {
         let c = &config;
         let (h, i, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        if hd > 256 {
+            return Err(Error::Gpu(format!("head_dim {hd} is over the attention kernel's 256")));
+        }
+        let prefill_tile = options.prefill_tile;
+        if ![1, 4, 8].contains(&prefill_tile) {
+            return Err(Error::Gpu(format!("prefill_tile must be 1, 4 or 8, not {prefill_tile}")));
+        }
         let limits = gpu.device.limits();
         let max_binding = limits.max_storage_buffer_binding_size as u64;
-        // The score scratch [nh, chunk, context] must fit one binding.
-        let chunk = chunk.min((max_binding / (nh * context * 4).max(1) as u64).max(1) as usize).max(1);
+        // The logits [chunk, V] must fit one binding.
+        let chunk = chunk.min((max_binding / (v * 4).max(1) as u64).max(1) as usize).max(1);
+        let part_rows = chunk.max(64);
+        let kv_bytes = if gpu.f16 { 2 } else { 4 };
+        let kv_define: &[&str] = if gpu.f16 { &["KV_F16"] } else { &[] };
         let dev = &gpu.device;
 
         let storage = |label: &str, bytes: u64| {
@@ -214,7 +244,7 @@ impl GpuModel {
         let qkv = storage("qkv", (chunk * c.qkv_rows()) as u64 * f);
         let q = storage("q", (chunk * nh * hd) as u64 * f);
         let attn = storage("attn", (chunk * nh * hd) as u64 * f);
-        let scores = storage("scores", (nh * chunk * context) as u64 * f);
+        let part = storage("attention partials", (part_rows * nh * (hd + 2)) as u64 * f);
         let gate = storage("gate", (chunk * i) as u64 * f);
         let up = storage("up", (chunk * i) as u64 * f);
         let act = storage("act", (chunk * i) as u64 * f);
@@ -232,6 +262,7 @@ impl GpuModel {
         };
 
         let mut pipelines = Pipelines::default();
+        let kernel = MatmulKernel { row_per_lane, subgroups: gpu.subgroups, tile: prefill_tile };
         let mut steps: Vec<StepSpec> = Vec::new();
         // Built first so the borrows below can refer to them.
         let embedding = weight("model.tok_embeddings.weight")?;
@@ -246,8 +277,8 @@ impl GpuModel {
                 weight(&format!("{p}feed_forward.w1.weight"))?,
                 weight(&format!("{p}feed_forward.w3.weight"))?,
                 weight(&format!("{p}feed_forward.w2.weight"))?,
-                storage("k cache", (context * nkv * hd) as u64 * f),
-                storage("v cache", (context * nkv * hd) as u64 * f),
+                storage("k cache", (context * nkv * hd * kv_bytes) as u64),
+                storage("v cache", (context * nkv * hd * kv_bytes) as u64),
             ));
         }
         let final_norm = norm("model.norm.weight")?;
@@ -259,29 +290,31 @@ impl GpuModel {
 
         let embed = pipelines.get(dev, "embed", shaders::EMBED, "embed", &[quant_define(embedding.quant)?], &[Bind::Read, Bind::Read, Bind::Read, Bind::Write, Bind::Uniform])?;
         for c in &embedding.chunks {
-            steps.push((Op::Embed { row0: c.row0 as u32, rows: c.rows as u32 }, embed.clone(), vec![&tokens, &c.data, &c.scales, &x]));
+            steps.push((Op::Embed { row0: c.row0 as u32, rows: c.rows as u32 }, embed.clone(), None, vec![&tokens, &c.data, &c.scales, &x]));
         }
         for (an, wqkv, wo, fnorm, w1, w3, w2, kc, vc) in &layers {
-            steps.push((Op::Norm, pipelines.get(dev, "norm", shaders::NORM, "rms_norm", &[], &norm_layout)?, vec![&x, an, &xn]));
-            push_matmul(dev, &mut pipelines, row_per_lane, &mut steps, &xn, wqkv, &qkv, h, false)?;
-            steps.push((Op::Rope, pipelines.get(dev, "rope", shaders::ROPE, "rope_kv", &[], &[Bind::Read, Bind::Read, Bind::Write, Bind::Write, Bind::Write, Bind::Uniform])?, vec![&qkv, &cos_sin, &q, kc, vc]));
-            for (op, entry) in [(Op::Scores, "scores"), (Op::Softmax, "softmax"), (Op::Mix, "mix")] {
-                steps.push((op, pipelines.get(dev, "attention", shaders::ATTENTION, entry, &[], &attn_layout)?, vec![&q, kc, vc, &scores, &attn]));
+            steps.push((Op::Norm, pipelines.get(dev, "norm", shaders::NORM, "rms_norm", &[], &norm_layout)?, None, vec![&x, an, &xn]));
+            push_matmul(dev, &mut pipelines, kernel, &mut steps, &xn, wqkv, &qkv, h, false)?;
+            steps.push((Op::Rope, pipelines.get(dev, "rope", shaders::ROPE, "rope_kv", kv_define, &[Bind::Read, Bind::Read, Bind::Write, Bind::Write, Bind::Write, Bind::Uniform])?, None, vec![&qkv, &cos_sin, &q, kc, vc]));
+            for (op, entry) in [(Op::Attend, "attend"), (Op::Combine, "combine")] {
+                steps.push((op, pipelines.get(dev, "attention", shaders::ATTENTION, entry, kv_define, &attn_layout)?, None, vec![&q, kc, vc, &part, &attn]));
             }
-            push_matmul(dev, &mut pipelines, row_per_lane, &mut steps, &attn, wo, &x, nh * hd, true)?;
-            steps.push((Op::Norm, pipelines.get(dev, "norm", shaders::NORM, "rms_norm", &[], &norm_layout)?, vec![&x, fnorm, &xn]));
-            push_matmul(dev, &mut pipelines, row_per_lane, &mut steps, &xn, w1, &gate, h, false)?;
-            push_matmul(dev, &mut pipelines, row_per_lane, &mut steps, &xn, w3, &up, h, false)?;
-            steps.push((Op::SiluMul, pipelines.get(dev, "elementwise", shaders::ELEMENTWISE, "silu_mul", &[], &ew_layout)?, vec![&gate, &up, &act]));
-            push_matmul(dev, &mut pipelines, row_per_lane, &mut steps, &act, w2, &x, i, true)?;
+            push_matmul(dev, &mut pipelines, kernel, &mut steps, &attn, wo, &x, nh * hd, true)?;
+            steps.push((Op::Norm, pipelines.get(dev, "norm", shaders::NORM, "rms_norm", &[], &norm_layout)?, None, vec![&x, fnorm, &xn]));
+            push_matmul(dev, &mut pipelines, kernel, &mut steps, &xn, w1, &gate, h, false)?;
+            push_matmul(dev, &mut pipelines, kernel, &mut steps, &xn, w3, &up, h, false)?;
+            steps.push((Op::SiluMul, pipelines.get(dev, "elementwise", shaders::ELEMENTWISE, "silu_mul", &[], &ew_layout)?, None, vec![&gate, &up, &act]));
+            push_matmul(dev, &mut pipelines, kernel, &mut steps, &act, w2, &x, i, true)?;
         }
         // The last rows of x are copied to x_last before these (see `step`).
         let head = steps.len();
-        steps.push((Op::Norm, pipelines.get(dev, "norm", shaders::NORM, "rms_norm", &[], &norm_layout)?, vec![&x_last, &final_norm, &xn]));
-        push_matmul(dev, &mut pipelines, row_per_lane, &mut steps, &xn, &output, &logits, h, false)?;
+        steps.push((Op::Norm, pipelines.get(dev, "norm", shaders::NORM, "rms_norm", &[], &norm_layout)?, None, vec![&x_last, &final_norm, &xn]));
+        push_matmul(dev, &mut pipelines, kernel, &mut steps, &xn, &output, &logits, h, false)?;
 
-        // The argmax step is not in `steps`: it runs only when asked, in the last slot.
-        let argmax_pipeline = pipelines.get(dev, "sample", shaders::SAMPLE, "argmax", &[], &[Bind::Read, Bind::Write, Bind::Uniform])?;
+        // The sampling step is not in `steps`: it runs only when asked, in the last slot.
+        let sample_pipeline = pipelines.get(dev, "sample", shaders::SAMPLE, "sample", &[], &[Bind::Read, Bind::Read, Bind::Write, Bind::Write, Bind::Uniform])?;
+        let recent = storage("recent tokens", context as u64 * 4);
+        let sample_work = storage("sampling scratch", 2 * v as u64 * f);
         let chosen = storage("chosen", 4);
         let chosen_staging = dev.create_buffer(&wgpu::BufferDescriptor {
             label: Some("chosen readback"),
@@ -295,47 +328,34 @@ impl GpuModel {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let argmax_slot = steps.len() as u64;
-        let argmax_bind = dev.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("argmax"),
-            layout: &argmax_pipeline.get_bind_group_layout(0),
-            entries: &[
-                wgpu::BindGroupEntry { binding: 0, resource: logits.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 1, resource: chosen.as_entire_binding() },
-                wgpu::BindGroupEntry {
-                    binding: 2,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: &params,
-                        offset: argmax_slot * SLOT,
-                        size: wgpu::BufferSize::new(16),
-                    }),
-                },
-            ],
+        let slot = |s: usize| wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &params,
+            offset: s as u64 * SLOT,
+            size: wgpu::BufferSize::new(32),
         });
-        let argmax = Step { op: Op::Argmax, pipeline: argmax_pipeline, bind: argmax_bind };
+        let bind = |layout: &wgpu::BindGroupLayout, buffers: &[&wgpu::Buffer], s: usize| {
+            let mut entries: Vec<wgpu::BindGroupEntry> = buffers
+                .iter()
+                .enumerate()
+                .map(|(b, buf)| wgpu::BindGroupEntry { binding: b as u32, resource: buf.as_entire_binding() })
+                .collect();
+            entries.push(wgpu::BindGroupEntry { binding: buffers.len() as u32, resource: slot(s) });
+            dev.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout, entries: &entries })
+        };
+        let sample = Step {
+            op: Op::Sample,
+            bind: bind(&sample_pipeline.get_bind_group_layout(0), &[&logits, &recent, &sample_work, &chosen], steps.len()),
+            pipeline: sample_pipeline,
+            tiled: None,
+        };
         let steps = steps
             .into_iter()
             .enumerate()
-            .map(|(s, (op, pipeline, buffers))| {
-                let mut entries: Vec<wgpu::BindGroupEntry> = buffers
-                    .iter()
-                    .enumerate()
-                    .map(|(b, buf)| wgpu::BindGroupEntry { binding: b as u32, resource: buf.as_entire_binding() })
-                    .collect();
-                entries.push(wgpu::BindGroupEntry {
-                    binding: buffers.len() as u32,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: &params,
-                        offset: s as u64 * SLOT,
-                        size: wgpu::BufferSize::new(32),
-                    }),
-                });
-                let bind = dev.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: None,
-                    layout: &pipeline.get_bind_group_layout(0),
-                    entries: &entries,
-                });
-                Step { op, pipeline, bind }
+            .map(|(s, (op, pipeline, tiled, buffers))| Step {
+                op,
+                bind: bind(&pipeline.get_bind_group_layout(0), &buffers, s),
+                pipeline,
+                tiled,
             })
             .collect();
         Ok(GpuModel {
@@ -353,9 +373,12 @@ impl GpuModel {
             x_last,
             logits,
             staging,
-            argmax,
+            sample,
+            recent,
             chosen,
             chosen_staging,
+            part_rows,
+            prefill_tile,
             len: 0,
         })
     }
@@ -373,20 +396,33 @@ impl GpuModel {
     /// Runs `tokens` after the cache, like [`crate::reference::Model::forward`]; returns the
     /// logits of every new position when `all_logits`, else of the last one only.
     pub async fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
-        self.run(tokens, all_logits, false).await
+        self.run(tokens, all_logits, None).await
     }
 
     /// Runs `tokens` after the cache and returns the id of the most likely next token, chosen
     /// on the GPU: only 4 bytes come back.
     pub async fn forward_greedy(&mut self, tokens: &[u32]) -> Result<u32> {
-        self.run(tokens, false, true).await?;
+        self.forward_draw(tokens, &Draw::greedy()).await
+    }
+
+    /// Runs `tokens` after the cache and samples the next token on the GPU as `draw` says
+    /// (penalty, temperature, top-k, top-p, the uniform number): only 4 bytes come back.
+    pub async fn forward_draw(&mut self, tokens: &[u32], draw: &Draw) -> Result<u32> {
+        self.run(tokens, false, Some(draw)).await?;
         let id = self.gpu.read_mapped_u32(&self.chosen_staging, 4).await?;
         Ok(id[0])
     }
 
-    /// The chunk loop of both: logits of every token (`all_logits`), of the last one, or,
-    /// with `greedy`, none read back (the argmax of the last row is left in `chosen_staging`).
-    async fn run(&mut self, tokens: &[u32], all_logits: bool, greedy: bool) -> Result<Vec<f32>> {
+    /// Runs `tokens` after the cache and samples with `sampler` (its seeded stream and
+    /// settings) on the GPU; `history` is every token so far, for the penalty.
+    pub async fn forward_sample(&mut self, tokens: &[u32], sampler: &mut Sampler, history: &[u32]) -> Result<u32> {
+        let draw = sampler.gpu_draw(history);
+        self.forward_draw(tokens, &draw).await
+    }
+
+    /// The chunk loop of all: logits of every token (`all_logits`), of the last one, or, with
+    /// a `draw`, none read back (the token sampled from the last row is left in `chosen_staging`).
+    async fn run(&mut self, tokens: &[u32], all_logits: bool, draw: Option<&Draw>) -> Result<Vec<f32>> {
         self.check(tokens)?;
         // One RoPE table for the whole call, as HF computes it per forward call.
         self.rope.update(self.len + tokens.len());
@@ -396,8 +432,9 @@ impl GpuModel {
         for (n, chunk) in chunks.iter().enumerate() {
             let last = n + 1 == chunks.len();
             let rows = if all_logits { chunk.len() } else { usize::from(last) };
-            self.step(chunk, rows, greedy && last);
-            if rows > 0 && !greedy {
+            let draw = if last { draw } else { None };
+            self.step(chunk, rows, draw);
+            if rows > 0 && draw.is_none() {
                 out.extend(self.read_logits(rows * vocab).await?);
             }
             self.len += chunk.len();
@@ -420,13 +457,17 @@ impl GpuModel {
     }
 
     /// Encodes and submits one chunk; the logits of its last `rows` tokens land in `logits`
-    /// and are copied for reading, or, with `greedy`, the argmax of the last row is.
-    fn step(&mut self, tokens: &[u32], rows: usize, greedy: bool) {
+    /// and are copied for reading, or, with a `draw`, the token sampled from the last row is.
+    fn step(&mut self, tokens: &[u32], rows: usize, draw: Option<&Draw>) {
         let c = &self.config;
         let t = tokens.len() as u32;
         let pos0 = self.len as u32;
         let ctx = pos0 + t;
         let (h, hd) = (c.hidden_size as u32, c.head_dim as u32);
+        let (nh, nkv) = (c.num_heads as u32, c.num_kv_heads as u32);
+        let (splits, split_len) = kv_splits(tokens.len(), ctx as usize, c.num_heads, self.part_rows);
+        // Matrix products of several tokens run token-tiled.
+        let tile = if t > 1 { self.prefill_tile } else { 1 };
         let q = &self.gpu.queue;
         q.write_buffer(&self.tokens, 0, bytemuck::cast_slice(tokens));
         let table: Vec<f32> = (0..tokens.len())
@@ -443,20 +484,24 @@ impl GpuModel {
                 Op::Embed { row0, rows } => [h, n, row0, rows, 0, 0, 0, 0],
                 Op::Norm => [h, n, (c.rms_norm_eps as f32).to_bits(), 0, 0, 0, 0, 0],
                 Op::Matmul { row0, rows, total, cols, .. } => [rows, cols, n, total, row0, 0, 0, 0],
-                Op::Rope => [c.num_heads as u32, c.num_kv_heads as u32, hd, n, pos0, 0, 0, 0],
-                Op::Scores | Op::Softmax | Op::Mix => [
-                    c.num_heads as u32, c.num_kv_heads as u32, hd, n, pos0, ctx,
-                    (1.0 / (hd as f32).sqrt()).to_bits(), 0,
-                ],
+                Op::Rope => [nh, nkv, hd, n, pos0, 0, 0, 0],
+                Op::Attend | Op::Combine => [nh, nkv, hd, n, pos0, splits, split_len, (1.0 / (hd as f32).sqrt()).to_bits()],
                 Op::SiluMul => [n * c.intermediate_size as u32, 0, 0, 0, 0, 0, 0, 0],
-                Op::Argmax => unreachable!("not in steps"),
+                Op::Sample => unreachable!("not in steps"),
             };
             let at = s * SLOT as usize;
             params[at..at + 32].copy_from_slice(bytemuck::cast_slice(&p));
         }
-        let at = self.steps.len() * SLOT as usize;
-        let last_row = (rows.max(1) - 1) as u32;
-        params[at..at + 8].copy_from_slice(bytemuck::cast_slice(&[c.vocab_size as u32, last_row]));
+        if let Some(d) = draw {
+            q.write_buffer(&self.recent, 0, bytemuck::cast_slice(&d.recent));
+            let last_row = (rows.max(1) - 1) as u32;
+            let p: [u32; 8] = [
+                c.vocab_size as u32, last_row, d.top_k, d.recent.len() as u32,
+                d.temperature.to_bits(), d.top_p.to_bits(), d.penalty.to_bits(), d.u.to_bits(),
+            ];
+            let at = self.steps.len() * SLOT as usize;
+            params[at..at + 32].copy_from_slice(bytemuck::cast_slice(&p));
+        }
         q.write_buffer(&self.params, 0, &params);
 
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
@@ -469,32 +514,36 @@ impl GpuModel {
                 enc.copy_buffer_to_buffer(&self.x, (t as u64 - rows as u64) * row_bytes, &self.x_last, 0, rows as u64 * row_bytes);
             }
             let n = if s >= last { rows as u32 } else { t };
+            let mut pipeline = &step.pipeline;
             let groups = match step.op {
                 Op::Embed { .. } => [h.div_ceil(64), n, 1],
                 Op::Norm => [n, 1, 1],
                 Op::Matmul { rows, row_per_lane, .. } => {
+                    let tile = if n > 1 { tile } else { 1 };
+                    if tile > 1 {
+                        pipeline = step.tiled.as_ref().expect("matmul steps have a tiled pipeline");
+                    }
                     let g = if row_per_lane { rows.div_ceil(64) } else { rows };
-                    [g.min(65535), g.div_ceil(65535), n]
+                    [g.min(65535), g.div_ceil(65535), n.div_ceil(tile)]
                 }
-                Op::Rope => [(hd / 2).div_ceil(64), c.kv_group() as u32 + 2, c.num_kv_heads as u32 * n],
-                Op::Scores => [ctx.div_ceil(64), n, c.num_heads as u32],
-                Op::Softmax => [n, c.num_heads as u32, 1],
-                Op::Mix => [hd.div_ceil(64), n, c.num_heads as u32],
+                Op::Rope => [(hd / 2).div_ceil(64), c.kv_group() as u32 + 2, nkv * n],
+                Op::Attend => [splits, n, nh],
+                Op::Combine => [n, nh, 1],
                 Op::SiluMul => {
                     let g = (n * c.intermediate_size as u32).div_ceil(64);
                     [g.min(65535), g.div_ceil(65535), 1]
                 }
-                Op::Argmax => unreachable!("not in steps"),
+                Op::Sample => unreachable!("not in steps"),
             };
             let mut pass = enc.begin_compute_pass(&Default::default());
-            pass.set_pipeline(&step.pipeline);
+            pass.set_pipeline(pipeline);
             pass.set_bind_group(0, &step.bind, &[]);
             pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         }
-        if greedy {
+        if draw.is_some() {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            pass.set_pipeline(&self.argmax.pipeline);
-            pass.set_bind_group(0, &self.argmax.bind, &[]);
+            pass.set_pipeline(&self.sample.pipeline);
+            pass.set_bind_group(0, &self.sample.bind, &[]);
             pass.dispatch_workgroups(1, 1, 1);
             drop(pass);
             enc.copy_buffer_to_buffer(&self.chosen, 0, &self.chosen_staging, 0, 4);
@@ -510,16 +559,25 @@ impl GpuModel {
     }
 }
 
-/// A dispatch to be: what it computes, its pipeline, and its buffers in binding order (the
-/// parameter slot comes last).
-type StepSpec<'b> = (Op, wgpu::ComputePipeline, Vec<&'b wgpu::Buffer>);
+/// A dispatch to be: what it computes, its pipeline (and token-tiled pipeline), and its
+/// buffers in binding order (the parameter slot comes last).
+type StepSpec<'b> = (Op, wgpu::ComputePipeline, Option<wgpu::ComputePipeline>, Vec<&'b wgpu::Buffer>);
+
+/// Which matmul.wgsl variant the matrix products use.
+#[derive(Clone, Copy)]
+struct MatmulKernel {
+    row_per_lane: bool,
+    subgroups: bool,
+    /// Tokens per tile in steps of several tokens.
+    tile: u32,
+}
 
 /// y = x·Wᵀ (+ y when `add`): one step per buffer of W.
 #[allow(clippy::too_many_arguments)]
 fn push_matmul<'b>(
     dev: &wgpu::Device,
     pl: &mut Pipelines,
-    row_per_lane: bool,
+    kernel: MatmulKernel,
     steps: &mut Vec<StepSpec<'b>>,
     x: &'b wgpu::Buffer,
     w: &'b Weight,
@@ -527,18 +585,29 @@ fn push_matmul<'b>(
     cols: usize,
     add: bool,
 ) -> Result<()> {
-    let mut defs = vec![quant_define(w.quant)?];
-    if add {
-        defs.push("ADD");
-    }
-    if row_per_lane {
-        defs.push("ROW_PER_LANE");
-    }
     let binds = [Bind::Read, Bind::Read, Bind::Read, Bind::Write, Bind::Uniform];
-    let pipeline = pl.get(dev, "matmul", shaders::MATMUL, "matmul", &defs, &binds)?;
+    let defines = |tile: u32| -> Result<Vec<&'static str>> {
+        let mut defs = vec![quant_define(w.quant)?];
+        if add {
+            defs.push("ADD");
+        }
+        match tile {
+            4 => defs.push("TILE4"),
+            8 => defs.push("TILE8"),
+            _ => {}
+        }
+        if kernel.row_per_lane {
+            defs.push("ROW_PER_LANE");
+        } else if kernel.subgroups {
+            defs.push("SUBGROUPS");
+        }
+        Ok(defs)
+    };
+    let pipeline = pl.get(dev, "matmul", shaders::MATMUL, "matmul", &defines(1)?, &binds)?;
+    let tiled = pl.get(dev, "matmul", shaders::MATMUL, "matmul", &defines(kernel.tile)?, &binds)?;
     for c in &w.chunks {
-        let op = Op::Matmul { row0: c.row0 as u32, rows: c.rows as u32, total: w.rows as u32, cols: cols as u32, row_per_lane };
-        steps.push((op, pipeline.clone(), vec![x, &c.data, &c.scales, y]));
+        let op = Op::Matmul { row0: c.row0 as u32, rows: c.rows as u32, total: w.rows as u32, cols: cols as u32, row_per_lane: kernel.row_per_lane };
+        steps.push((op, pipeline.clone(), Some(tiled.clone()), vec![x, &c.data, &c.scales, y]));
     }
     Ok(())
 }
@@ -552,10 +621,13 @@ fn quant_define(q: Quant) -> Result<&'static str> {
     }
 }
 
-/// Compiled pipelines, by (file, entry point, defines).
+/// Compiled pipelines, by (file, entry point, defines), and their bind group layouts, by
+/// binding kinds: pipelines with the same kinds share one layout, so a step's bind group
+/// serves both its pipelines (matrix products: plain and token-tiled).
 #[derive(Default)]
 struct Pipelines {
     cache: HashMap<String, wgpu::ComputePipeline>,
+    layouts: HashMap<Vec<u8>, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
 }
 
 impl Pipelines {
@@ -577,36 +649,40 @@ impl Pipelines {
             label: Some(&key),
             source: wgpu::ShaderSource::Wgsl(code.into()),
         });
-        let entries: Vec<wgpu::BindGroupLayoutEntry> = binds
-            .iter()
-            .enumerate()
-            .map(|(b, kind)| wgpu::BindGroupLayoutEntry {
-                binding: b as u32,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: match kind {
-                    Bind::Read | Bind::Write => wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Storage { read_only: matches!(kind, Bind::Read) },
-                        has_dynamic_offset: false,
-                        min_binding_size: None,
+        let kinds: Vec<u8> = binds.iter().map(|b| *b as u8).collect();
+        let (_, pl) = self.layouts.entry(kinds).or_insert_with(|| {
+            let entries: Vec<wgpu::BindGroupLayoutEntry> = binds
+                .iter()
+                .enumerate()
+                .map(|(b, kind)| wgpu::BindGroupLayoutEntry {
+                    binding: b as u32,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: match kind {
+                        Bind::Read | Bind::Write => wgpu::BindingType::Buffer {
+                            ty: wgpu::BufferBindingType::Storage { read_only: matches!(kind, Bind::Read) },
+                            has_dynamic_offset: false,
+                            min_binding_size: None,
+                        },
+                        Bind::Uniform => wgpu::BindingType::Buffer {
+                            ty: wgpu::BufferBindingType::Uniform,
+                            has_dynamic_offset: false,
+                            min_binding_size: None,
+                        },
                     },
-                    Bind::Uniform => wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Uniform,
-                        has_dynamic_offset: false,
-                        min_binding_size: None,
-                    },
-                },
-                count: None,
-            })
-            .collect();
-        let layout = dev.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(&key), entries: &entries });
-        let pl = dev.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some(&key),
-            bind_group_layouts: &[Some(&layout)],
-            immediate_size: 0,
+                    count: None,
+                })
+                .collect();
+            let layout = dev.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &entries });
+            let pl = dev.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: None,
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+            (layout, pl)
         });
         let pipeline = dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(&key),
-            layout: Some(&pl),
+            layout: Some(pl),
             module: &module,
             entry_point: Some(entry),
             compilation_options: Default::default(),

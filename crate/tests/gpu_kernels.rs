@@ -1,0 +1,380 @@
+//! Each kernel alone against the CPU reference, at several shapes (odd sizes, token counts
+//! that are not multiples of the tile, KV lengths that are not multiples of the block or the
+//! split), on the device's optional features and on the portable path (no shader-f16, no
+//! subgroups). Compared by normalised MSE, as llama.cpp's test-backend-ops does.
+//!
+//! Tolerances: f32 results summed in another order differ by a few ulps per element
+//! (relative error well under 1e-6 at these lengths), so NMSE ≤ 1e-10 passes every correct
+//! kernel while one wrong element in a few hundred gives ~1e-3 or worse. KV caches in f16
+//! are compared against the reference run on the same f16-rounded K and V. Sampling must
+//! pick exactly the reference's token.
+
+use puyu::gpu::lab::{self, Buf, Launch};
+use puyu::gpu::model::kv_splits;
+use puyu::gpu::{shaders, FeatureWish, Gpu};
+use puyu::quant::Quant;
+use puyu::reference;
+use puyu::sampling::{Sampler, SamplingParams};
+
+fn gpu(wish: FeatureWish) -> Gpu {
+    pollster::block_on(Gpu::open(wgpu::Backends::all(), wish)).unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"))
+}
+
+/// Both paths: everything the adapter has, and the portable one.
+fn both() -> Vec<Gpu> {
+    vec![gpu(FeatureWish::default()), gpu(FeatureWish::PORTABLE)]
+}
+
+/// Deterministic values in [-1, 1) (SplitMix64).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+fn nmse(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let num: f64 = got.iter().zip(want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+    let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
+    num / den.max(f64::MIN_POSITIVE)
+}
+
+fn bytes(x: &[f32]) -> &[u8] {
+    bytemuck::cast_slice(x)
+}
+
+fn floats(b: &[u8], n: usize) -> Vec<f32> {
+    bytemuck::cast_slice::<u8, f32>(b)[..n].to_vec()
+}
+
+fn run(gpu: &Gpu, l: Launch) -> Vec<Vec<u8>> {
+    pollster::block_on(lab::run(gpu, &l)).unwrap()
+}
+
+const TOL: f64 = 1e-10;
+
+#[test]
+fn matmul_all_variants_and_shapes() {
+    // (rows, cols, tokens): one row; odd rows and tokens; K not a power of two; more
+    // tokens than a tile of 8 and not a multiple of it.
+    let shapes = [(1, 32, 1), (67, 96, 5), (130, 256, 9), (64, 160, 17)];
+    for g in both() {
+        for quant in [Quant::Q4, Quant::Q8, Quant::F16] {
+            for &(rows, cols, tokens) in &shapes {
+                let w = values(rows * cols, 1 + rows as u64);
+                let (mut data, mut scales) = (Vec::new(), Vec::new());
+                quant.quantize(&w, cols, &mut data, &mut scales);
+                let wq = quant.dequantize(&data, &scales);
+                let x = values(tokens * cols, 7);
+                let y0 = values(tokens * rows, 9);
+                let want = reference::matmul(&x, &wq, cols);
+                for tile in ["", "TILE4", "TILE8"] {
+                    for schedule in ["ROW_PER_LANE", "", "SUBGROUPS"] {
+                        if schedule == "SUBGROUPS" && !g.subgroups {
+                            continue;
+                        }
+                        for add in [false, true] {
+                            let mut defines: Vec<&str> = vec![quant.to_string().to_uppercase().leak()];
+                            defines.extend([tile, schedule].into_iter().filter(|d| !d.is_empty()));
+                            if add {
+                                defines.push("ADD");
+                            }
+                            let t = match tile { "TILE4" => 4, "TILE8" => 8, _ => 1 };
+                            let r = rows as u32;
+                            let groups = if schedule == "ROW_PER_LANE" { r.div_ceil(64) } else { r };
+                            let out = run(&g, Launch {
+                                source: shaders::MATMUL,
+                                entry: "matmul",
+                                defines: &defines,
+                                buffers: vec![Buf::In(bytes(&x)), Buf::In(&data), Buf::In(&scales), Buf::Out(bytes(&y0))],
+                                params: [r, cols as u32, tokens as u32, r, 0, 0, 0, 0],
+                                groups: [groups, 1, (tokens as u32).div_ceil(t)],
+                            });
+                            let got = floats(&out[0], tokens * rows);
+                            let want: Vec<f32> = if add { want.iter().zip(&y0).map(|(a, b)| a + b).collect() } else { want.clone() };
+                            let e = nmse(&got, &want);
+                            assert!(e <= TOL, "matmul {defines:?} {rows}x{cols} T={tokens}: NMSE {e:.2e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A block of rows of a bigger matrix (the split-buffer path): only its rows of y change.
+#[test]
+fn matmul_row_block_writes_its_rows() {
+    let g = gpu(FeatureWish::PORTABLE);
+    let (rows, total, row0, cols, tokens) = (10, 40, 24, 64, 3);
+    let w = values(rows * cols, 3);
+    let (mut data, mut scales) = (Vec::new(), Vec::new());
+    Quant::Q8.quantize(&w, cols, &mut data, &mut scales);
+    let wq = Quant::Q8.dequantize(&data, &scales);
+    let x = values(tokens * cols, 4);
+    let y0 = values(tokens * total, 5);
+    let out = run(&g, Launch {
+        source: shaders::MATMUL,
+        entry: "matmul",
+        defines: &["Q8"],
+        buffers: vec![Buf::In(bytes(&x)), Buf::In(&data), Buf::In(&scales), Buf::Out(bytes(&y0))],
+        params: [rows as u32, cols as u32, tokens as u32, total as u32, row0 as u32, 0, 0, 0],
+        groups: [rows as u32, 1, tokens as u32],
+    });
+    let got = floats(&out[0], tokens * total);
+    let block = reference::matmul(&x, &wq, cols);
+    for t in 0..tokens {
+        for o in 0..total {
+            let want = if (row0..row0 + rows).contains(&o) { block[t * rows + o - row0] } else { y0[t * total + o] };
+            assert!((got[t * total + o] - want).abs() <= 1e-5 * want.abs().max(1.0), "t {t} o {o}");
+        }
+    }
+}
+
+#[test]
+fn attention_decode_and_prefill() {
+    // (nh, nkv, hd, T, pos0): decode over short and long caches (many splits, the last
+    // one partial), prefill from empty and after a cache, hd not a multiple of 64.
+    let cases = [(4, 2, 16, 1, 0), (4, 2, 16, 1, 300), (2, 1, 32, 7, 5), (8, 2, 128, 3, 70), (4, 4, 40, 65, 0), (16, 8, 128, 1, 1000)];
+    for g in both() {
+        for &(nh, nkv, hd, t, pos0) in &cases {
+            let ctx = pos0 + t;
+            let q = values(t * nh * hd, 11);
+            let mut k = values(ctx * nkv * hd, 12);
+            let mut v = values(ctx * nkv * hd, 13);
+            // Scores of a realistic spread: scale K up so softmax is not flat.
+            k.iter_mut().for_each(|x| *x *= 3.0);
+            let cache = |x: &[f32]| -> Vec<u8> {
+                if g.f16 {
+                    x.iter().flat_map(|&a| half::f16::from_f32(a).to_le_bytes()).collect()
+                } else {
+                    bytes(x).to_vec()
+                }
+            };
+            let (kb, vb) = (cache(&k), cache(&v));
+            if g.f16 {
+                // The reference on the values the cache holds.
+                let round = |x: &mut Vec<f32>| x.iter_mut().for_each(|a| *a = half::f16::from_f32(*a).to_f32());
+                round(&mut k);
+                round(&mut v);
+            }
+            let want = reference::attention(&q, &k, &v, (nh, nkv, hd), pos0);
+            let defines: &[&str] = if g.f16 { &["KV_F16"] } else { &[] };
+            let part_rows = 64;
+            for (splits, split_len) in [kv_splits(t, ctx, nh, part_rows), (1, ctx.next_multiple_of(64) as u32)] {
+                let part = vec![0f32; t * nh * splits as usize * (hd + 2)];
+                let out = vec![0f32; t * nh * hd];
+                let params = [nh as u32, nkv as u32, hd as u32, t as u32, pos0 as u32, splits, split_len, (1.0 / (hd as f32).sqrt()).to_bits()];
+                let buffers = |part: &[f32]| -> Vec<Vec<u8>> { vec![bytes(&q).to_vec(), kb.clone(), vb.clone(), bytes(part).to_vec(), bytes(&out).to_vec()] };
+                let b = buffers(&part);
+                let parts = run(&g, Launch {
+                    source: shaders::ATTENTION,
+                    entry: "attend",
+                    defines,
+                    buffers: vec![Buf::In(&b[0]), Buf::In(&b[1]), Buf::In(&b[2]), Buf::Out(&b[3]), Buf::Out(&b[4])],
+                    params,
+                    groups: [splits, t as u32, nh as u32],
+                });
+                let res = run(&g, Launch {
+                    source: shaders::ATTENTION,
+                    entry: "combine",
+                    defines,
+                    buffers: vec![Buf::In(&b[0]), Buf::In(&b[1]), Buf::In(&b[2]), Buf::Out(&parts[0]), Buf::Out(&b[4])],
+                    params,
+                    groups: [t as u32, nh as u32, 1],
+                });
+                let got = floats(&res[1], t * nh * hd);
+                let e = nmse(&got, &want);
+                assert!(e <= TOL, "attention nh {nh} nkv {nkv} hd {hd} T {t} pos0 {pos0} splits {splits}×{split_len} f16 {}: NMSE {e:.2e}", g.f16);
+            }
+        }
+    }
+}
+
+#[test]
+fn rms_norm_shapes() {
+    let g = gpu(FeatureWish::PORTABLE);
+    for (dim, tokens) in [(64, 1), (100, 3), (2048, 2)] {
+        let x = values(dim * tokens, 21);
+        let w = values(dim, 22);
+        let eps = 1e-5;
+        let out = run(&g, Launch {
+            source: shaders::NORM,
+            entry: "rms_norm",
+            defines: &[],
+            buffers: vec![Buf::In(bytes(&x)), Buf::In(bytes(&w)), Buf::Out(bytes(&vec![0f32; dim * tokens]))],
+            params: [dim as u32, tokens as u32, (eps as f32).to_bits(), 0, 0, 0, 0, 0],
+            groups: [tokens as u32, 1, 1],
+        });
+        let e = nmse(&floats(&out[0], dim * tokens), &reference::rms_norm(&x, &w, eps));
+        assert!(e <= TOL, "rms_norm {dim}×{tokens}: NMSE {e:.2e}");
+    }
+}
+
+#[test]
+fn silu_mul_lengths() {
+    let g = gpu(FeatureWish::PORTABLE);
+    for n in [1, 63, 1000] {
+        let (a, b) = (values(n, 31), values(n, 32));
+        let out = run(&g, Launch {
+            source: shaders::ELEMENTWISE,
+            entry: "silu_mul",
+            defines: &[],
+            buffers: vec![Buf::In(bytes(&a)), Buf::In(bytes(&b)), Buf::Out(bytes(&vec![0f32; n]))],
+            params: [n as u32, 0, 0, 0, 0, 0, 0, 0],
+            groups: [(n as u32).div_ceil(64), 1, 1],
+        });
+        let want: Vec<f32> = a.iter().zip(&b).map(|(&x, &y)| reference::silu(x) * y).collect();
+        let e = nmse(&floats(&out[0], n), &want);
+        assert!(e <= TOL, "silu_mul {n}: NMSE {e:.2e}");
+    }
+}
+
+#[test]
+fn embed_rows_of_each_quant() {
+    let g = gpu(FeatureWish::PORTABLE);
+    let (vocab, dim) = (50, 96);
+    let table = values(vocab * dim, 41);
+    let tokens: Vec<u32> = vec![0, 49, 7, 7, 23];
+    for quant in [Quant::Q4, Quant::Q8, Quant::F16] {
+        let (mut data, mut scales) = (Vec::new(), Vec::new());
+        quant.quantize(&table, dim, &mut data, &mut scales);
+        let deq = quant.dequantize(&data, &scales);
+        let define: &str = quant.to_string().to_uppercase().leak();
+        let out = run(&g, Launch {
+            source: shaders::EMBED,
+            entry: "embed",
+            defines: &[define],
+            buffers: vec![Buf::In(bytemuck::cast_slice(&tokens)), Buf::In(&data), Buf::In(&scales), Buf::Out(bytes(&vec![0f32; tokens.len() * dim]))],
+            params: [dim as u32, tokens.len() as u32, 0, vocab as u32, 0, 0, 0, 0],
+            groups: [(dim as u32).div_ceil(64), tokens.len() as u32, 1],
+        });
+        let want: Vec<f32> = tokens.iter().flat_map(|&t| deq[t as usize * dim..(t as usize + 1) * dim].to_vec()).collect();
+        assert_eq!(floats(&out[0], want.len()), want, "embed {quant}: dequantisation is exact");
+    }
+}
+
+/// RoPE on the packed qkv rows, with the KV-cache write, against `Rope::apply`: at positions
+/// past max_position_embeddings (dynamic NTK) and after a cache.
+#[test]
+fn rope_and_cache_write() {
+    use puyu::tiny::TINY_NTK;
+    let config = TINY_NTK.config();
+    let (nh, nkv, hd) = (config.num_heads, config.num_kv_heads, config.head_dim);
+    let group = nh / nkv;
+    for g in both() {
+        for (t, pos0) in [(1, 0), (5, 3), (9, 80)] {
+            let mut rope = puyu::rope::Rope::new(&config);
+            rope.update(pos0 + t);
+            let qkv = values(t * config.qkv_rows(), 51);
+            let table: Vec<f32> = (0..t).flat_map(|k| rope.cos_sin(pos0 + k).flat_map(|(c, s)| [c, s]).collect::<Vec<_>>()).collect();
+            let ctx = pos0 + t;
+            let kv_bytes = if g.f16 { 2 } else { 4 };
+            let zeros = vec![0u8; ctx * nkv * hd * kv_bytes];
+            let defines: &[&str] = if g.f16 { &["KV_F16"] } else { &[] };
+            let out = run(&g, Launch {
+                source: shaders::ROPE,
+                entry: "rope_kv",
+                defines,
+                buffers: vec![Buf::In(bytes(&qkv)), Buf::In(bytes(&table)), Buf::Out(bytes(&vec![0f32; t * nh * hd])), Buf::Out(&zeros), Buf::Out(&zeros)],
+                params: [nh as u32, nkv as u32, hd as u32, t as u32, pos0 as u32, 0, 0, 0],
+                groups: [(hd as u32 / 2).div_ceil(64), group as u32 + 2, (nkv * t) as u32],
+            });
+            let cache = |b: &[u8]| -> Vec<f32> {
+                if g.f16 {
+                    b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+                } else {
+                    floats(b, b.len() / 4)
+                }
+            };
+            let (q, kc, vc) = (floats(&out[0], t * nh * hd), cache(&out[1]), cache(&out[2]));
+            let f16_round = |x: f32| if g.f16 { half::f16::from_f32(x).to_f32() } else { x };
+            for tok in 0..t {
+                for kvh in 0..nkv {
+                    let src = &qkv[tok * config.qkv_rows() + kvh * (group + 2) * hd..];
+                    for slot in 0..group + 2 {
+                        let mut want = src[slot * hd..(slot + 1) * hd].to_vec();
+                        if slot <= group {
+                            rope.apply(&mut want, pos0 + tok);
+                        }
+                        let got: Vec<f32> = if slot < group {
+                            let n = kvh * group + slot;
+                            q[(tok * nh + n) * hd..(tok * nh + n + 1) * hd].to_vec()
+                        } else {
+                            let c = if slot == group { &kc } else { &vc };
+                            let at = ((pos0 + tok) * nkv + kvh) * hd;
+                            want.iter_mut().for_each(|x| *x = f16_round(*x));
+                            c[at..at + hd].to_vec()
+                        };
+                        let e = nmse(&got, &want);
+                        // f16 caches: the rounding of the reference value may differ by an ulp
+                        // from the GPU's (its rotation rounds differently): 2^-11 relative.
+                        let tol = if g.f16 && slot >= group { 1e-6 } else { TOL };
+                        assert!(e <= tol, "rope T {t} pos0 {pos0} token {tok} kv {kvh} slot {slot}: NMSE {e:.2e}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The GPU sampler picks exactly the token the CPU sampler picks, for the same logits,
+/// settings and random stream: greedy, temperature, top-k, top-p, penalty, and ties.
+#[test]
+fn sampling_matches_the_cpu_sampler() {
+    let g = gpu(FeatureWish::PORTABLE);
+    let vocab = 1000;
+    let settings = [
+        (0.0, 0, 1.0, 1.0),
+        (0.0, 0, 1.0, 1.3),
+        (1.0, 0, 1.0, 1.0),
+        (0.7, 50, 1.0, 1.0),
+        (0.8, 50, 0.8, 1.0),
+        (1.3, 0, 0.5, 1.1),
+        (0.5, 3, 0.9, 1.0),
+        (1.0, 1, 1.0, 1.0),
+    ];
+    let mut drawn = std::collections::HashSet::new();
+    for (case, &(temperature, top_k, top_p, repeat_penalty)) in settings.iter().enumerate() {
+        for round in 0..6u64 {
+            let mut logits: Vec<f32> = values(vocab, 100 + round).iter().map(|x| x * 6.0).collect();
+            if round % 2 == 1 {
+                // Many exact ties: logits on a coarse grid.
+                logits.iter_mut().for_each(|x| *x = (*x * 2.0).round() / 2.0);
+            }
+            let history: Vec<u32> = values(20, round).iter().map(|x| ((x + 1.0) * 500.0) as u32 % vocab as u32).collect();
+            let params = SamplingParams { temperature, top_k, top_p, repeat_penalty, repeat_last_n: 16, seed: 1000 * case as u64 + round };
+            let (mut cpu, mut on_gpu) = (Sampler::new(params.clone()), Sampler::new(params));
+            for step in 0..4 {
+                let want = cpu.sample(&logits, &history);
+                let d = on_gpu.gpu_draw(&history);
+                let out = run(&g, Launch {
+                    source: shaders::SAMPLE,
+                    entry: "sample",
+                    defines: &[],
+                    buffers: vec![
+                        Buf::In(bytes(&logits)),
+                        Buf::In(bytemuck::cast_slice(&d.recent)),
+                        Buf::Out(&vec![0u8; 8 * vocab]),
+                        Buf::Out(&[0u8; 4]),
+                    ],
+                    params: [vocab as u32, 0, d.top_k, d.recent.len() as u32, d.temperature.to_bits(), d.top_p.to_bits(), d.penalty.to_bits(), d.u.to_bits()],
+                    groups: [1, 1, 1],
+                });
+                let got = bytemuck::cast_slice::<u8, u32>(&out[1])[0];
+                assert_eq!(got, want, "settings {case} round {round} step {step} ({temperature}, k {top_k}, p {top_p}, penalty {repeat_penalty})");
+                drawn.insert((case, got));
+            }
+        }
+    }
+    // The draws are not all the same token (the check above is not vacuous).
+    assert!(drawn.len() > 2 * settings.len(), "{}", drawn.len());
+}
