@@ -28,7 +28,7 @@ struct Params {
 
 @group(0) @binding(0) var<storage, read> logits: array<f32>;        // [rows, V]
 @group(0) @binding(1) var<storage, read> recent: array<u32>;        // [history]
-@group(0) @binding(2) var<storage, read_write> work: array<f32>;    // [2V]: logits, then e
+@group(0) @binding(2) var<storage, read_write> work: array<f32>;    // [2V]: penalised logits, e
 @group(0) @binding(3) var<storage, read_write> out: array<u32>;     // [1]: the chosen id
 @group(0) @binding(4) var<uniform> p: Params;
 
@@ -56,6 +56,14 @@ fn total(lane: u32, v: f32) -> f32 {
     return r;
 }
 
+// Token i's logit after the penalty (copied to work only when there is one).
+fn value(i: u32) -> f32 {
+    if (p.penalty != 1.0) {
+        return work[i];
+    }
+    return logits[p.row * p.vocab + i];
+}
+
 // The weight a token carries in a search: 1 when counting (top-k), else its e.
 fn weight(i: u32, counting: bool) -> f32 {
     return select(work[p.vocab + i], 1.0, counting);
@@ -65,7 +73,7 @@ fn weight(i: u32, counting: bool) -> f32 {
 fn at_or_above(lane: u32, k: u32, counting: bool) -> f32 {
     var s = 0.0;
     for (var i = lane; i < p.vocab; i += LANES) {
-        if (key(work[i]) >= k) {
+        if (key(value(i)) >= k) {
             s += weight(i, counting);
         }
     }
@@ -76,7 +84,7 @@ fn at_or_above(lane: u32, k: u32, counting: bool) -> f32 {
 fn ties_before(lane: u32, k: u32, below: u32, counting: bool) -> f32 {
     var s = 0.0;
     for (var i = lane; i < min(below, p.vocab); i += LANES) {
-        if (key(work[i]) == k) {
+        if (key(value(i)) == k) {
             s += weight(i, counting);
         }
     }
@@ -111,7 +119,7 @@ fn first_passing(lane: u32, goal: f32, reach: bool, counting: bool) -> vec2<u32>
 // Keeps e only for tokens ranked at or above `last` (key, id); zero elsewhere.
 fn cut_after(lane: u32, last: vec2<u32>) {
     for (var i = lane; i < p.vocab; i += LANES) {
-        let ki = key(work[i]);
+        let ki = key(value(i));
         if (!(ki > last.x || (ki == last.x && i <= last.y))) {
             work[p.vocab + i] = 0.0;
         }
@@ -122,13 +130,13 @@ fn cut_after(lane: u32, last: vec2<u32>) {
 
 @compute @workgroup_size(256)
 fn sample(@builtin(local_invocation_index) lane: u32) {
-    let base = p.row * p.vocab;
-    for (var i = lane; i < p.vocab; i += LANES) {
-        work[i] = logits[base + i];
-    }
-    storageBarrier();
-    workgroupBarrier();
     if (p.penalty != 1.0) {
+        let base = p.row * p.vocab;
+        for (var i = lane; i < p.vocab; i += LANES) {
+            work[i] = logits[base + i];
+        }
+        storageBarrier();
+        workgroupBarrier();
         for (var h = lane; h < p.history; h += LANES) {
             let t = recent[h];
             if (t < p.vocab) {
@@ -144,7 +152,7 @@ fn sample(@builtin(local_invocation_index) lane: u32) {
     var bv = -3.4e38;
     var bi = 0xffffffffu;
     for (var i = lane; i < p.vocab; i += LANES) {
-        let v = work[i];
+        let v = value(i);
         if (v > bv) {
             bv = v;
             bi = i;
@@ -176,7 +184,7 @@ fn sample(@builtin(local_invocation_index) lane: u32) {
 
     // e for every token, then zero outside the top k.
     for (var i = lane; i < p.vocab; i += LANES) {
-        work[p.vocab + i] = exp((work[i] - mx) / p.temperature);
+        work[p.vocab + i] = exp((value(i) - mx) / p.temperature);
     }
     storageBarrier();
     workgroupBarrier();

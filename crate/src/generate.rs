@@ -1,6 +1,7 @@
-//! Generation on the CPU reference: prefill, then sample and decode one token at a time,
-//! streaming text, until a stop id, a stop string, max tokens, or the caller says stop.
-//! (The GPU engine will follow the same contract.)
+//! Generation, the same for every engine and target: prefill, then sample and decode one
+//! token at a time, streaming text, until a stop id, a stop string, max tokens, or the
+//! caller says stop. It is async so that the browser (where GPU readbacks must be awaited)
+//! and native code (`pollster::block_on`, or [`generate_blocking`]) share it.
 
 use std::ops::ControlFlow;
 
@@ -10,13 +11,14 @@ use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::Tokenizer;
 
 /// A model with its KV cache, as generation sees it: tokens in, next-token logits out.
+#[allow(async_fn_in_trait)] // used single-threaded (the browser) or blocked on (native)
 pub trait Forward {
     /// Runs `tokens` after the cache; returns the logits of the last one.
-    fn forward_last(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
+    async fn forward_last(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
     /// Runs `tokens` after the cache and picks the next token with `sampler` (`history`: the
     /// tokens so far, for the penalty). The GPU samples there and reads back only the id.
-    fn forward_sample(&mut self, tokens: &[u32], sampler: &mut Sampler, history: &[u32]) -> Result<u32> {
-        Ok(sampler.sample(&self.forward_last(tokens)?, history))
+    async fn forward_sample(&mut self, tokens: &[u32], sampler: &mut Sampler, history: &[u32]) -> Result<u32> {
+        Ok(sampler.sample(&self.forward_last(tokens).await?, history))
     }
     /// Tokens in the cache.
     fn cached_tokens(&self) -> usize;
@@ -37,7 +39,7 @@ impl<'a> CpuSession<'a> {
 }
 
 impl Forward for CpuSession<'_> {
-    fn forward_last(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+    async fn forward_last(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         self.model.forward_with(&mut self.session, tokens, false)
     }
     fn cached_tokens(&self) -> usize {
@@ -48,13 +50,12 @@ impl Forward for CpuSession<'_> {
     }
 }
 
-#[cfg(not(target_arch = "wasm32"))]
 impl Forward for crate::gpu::model::GpuModel {
-    fn forward_last(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        pollster::block_on(self.forward(tokens, false))
+    async fn forward_last(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.forward(tokens, false).await
     }
-    fn forward_sample(&mut self, tokens: &[u32], sampler: &mut Sampler, history: &[u32]) -> Result<u32> {
-        pollster::block_on(crate::gpu::model::GpuModel::forward_sample(self, tokens, sampler, history))
+    async fn forward_sample(&mut self, tokens: &[u32], sampler: &mut Sampler, history: &[u32]) -> Result<u32> {
+        crate::gpu::model::GpuModel::forward_sample(self, tokens, sampler, history).await
     }
     fn cached_tokens(&self) -> usize {
         self.len
@@ -97,8 +98,8 @@ pub struct Generation {
 /// with the text it completes (possibly empty); returning `Break` cancels after that token.
 /// Fails with [`crate::Error::ContextFull`] before any work when the cache, the prompt and
 /// `max_tokens` would not fit the context.
-pub fn generate(
-    model: &mut dyn Forward,
+pub async fn generate(
+    model: &mut impl Forward,
     tokenizer: &Tokenizer,
     prompt: &[u32],
     options: &GenerateOptions,
@@ -121,7 +122,7 @@ pub fn generate(
         finish: FinishReason::Length,
     };
 
-    let mut id = model.forward_sample(prompt, &mut sampler, &history)?;
+    let mut id = model.forward_sample(prompt, &mut sampler, &history).await?;
     while out.ids.len() < options.max_tokens {
         out.ids.push(id);
         history.push(id);
@@ -144,7 +145,7 @@ pub fn generate(
         if out.ids.len() == options.max_tokens {
             break;
         }
-        id = model.forward_sample(&[id], &mut sampler, &history)?;
+        id = model.forward_sample(&[id], &mut sampler, &history).await?;
     }
     if out.finish != FinishReason::Stop {
         // Whatever was held back (a partial stop string, an unfinished byte run) is text.
@@ -157,6 +158,18 @@ pub fn generate(
         }
     }
     Ok(out)
+}
+
+/// [`generate`], waited for on this thread (native).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn generate_blocking(
+    model: &mut impl Forward,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    options: &GenerateOptions,
+    on_token: impl FnMut(u32, &str) -> ControlFlow<()>,
+) -> Result<Generation> {
+    pollster::block_on(generate(model, tokenizer, prompt, options, on_token))
 }
 
 /// Finds stop strings in streamed text, holding back any tail that could begin one.

@@ -1,8 +1,11 @@
 //! puyu runs the InternLM2 family (书生·浦语 2.0) on WebGPU, natively and in the browser.
 //!
-//! Today: the HF config and checkpoint readers, the CPU reference forward pass (the oracle
-//! for everything on the GPU), the tiny golden checkpoints, perplexity, and the GPU context.
+//! The HF config and checkpoint readers, the tokenizer and chat template, the puyu model
+//! format and converter, the CPU reference forward pass (the oracle for everything on the
+//! GPU), the tiny golden checkpoints, and the GPU engine (`gpu`) with generation on top.
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bench;
 pub mod checkpoint;
 pub mod chat;
 pub mod config;

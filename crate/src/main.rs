@@ -21,7 +21,7 @@ mod cli {
     use std::time::Instant;
 
     use puyu::chat::{self, Message, System, Template};
-    use puyu::generate::{generate, CpuSession, Forward, GenerateOptions};
+    use puyu::generate::{generate_blocking, CpuSession, Forward, GenerateOptions};
     use puyu::gpu::model::GpuModel;
     use puyu::model_dir::ModelDir;
     use puyu::sampling::SamplingParams;
@@ -87,8 +87,8 @@ mod cli {
             /// Where to compute: `gpu` (WebGPU kernels) or `cpu` (the f32 reference).
             #[arg(long, value_enum, default_value_t = Device::Gpu)]
             device: Device,
-            #[arg(long, value_enum, default_value_t = Backend::Auto)]
-            backend: Backend,
+            #[command(flatten)]
+            gpu: GpuArgs,
         },
         /// Print the token ids of TEXT as a JSON array.
         Tokenize {
@@ -115,11 +115,33 @@ mod cli {
             /// Where to compute: `gpu` (WebGPU kernels) or `cpu` (the f32 reference).
             #[arg(long, value_enum, default_value_t = Device::Gpu)]
             device: Device,
-            #[arg(long, value_enum, default_value_t = Backend::Auto)]
-            backend: Backend,
+            #[command(flatten)]
+            gpu: GpuArgs,
             /// Print `{"tokens", "nll", "mean_nll", "ppl"}` as JSON.
             #[arg(long)]
             json: bool,
+        },
+        /// Prompt processing and generation speed on the GPU: tokens/s (median, min, max over
+        /// the repeats), time to first token, load time, GPU memory.
+        Bench {
+            /// A puyu model folder, an HF InternLM2 folder, or a bundled tiny model.
+            #[arg(long, default_value = "tiny")]
+            model: String,
+            #[arg(long, default_value_t = 512)]
+            prompt_tokens: usize,
+            #[arg(long, default_value_t = 128)]
+            gen_tokens: usize,
+            #[arg(long, default_value_t = 3)]
+            repeat: usize,
+            /// Print one JSON object instead of a table.
+            #[arg(long)]
+            json: bool,
+            /// Time each kernel alone at a real model's shapes instead (1_8b, 7b, 20b, or
+            /// tiny): GB/s and GFLOP/s of the q4 matrix products and decode attention.
+            #[arg(long, value_name = "SHAPE", num_args = 0..=1, default_missing_value = "1_8b")]
+            kernels: Option<String>,
+            #[command(flatten)]
+            gpu: GpuArgs,
         },
         /// Greedy continuation of a token sequence with the CPU reference (ids in, ids out).
         Continue {
@@ -176,6 +198,59 @@ mod cli {
         }
     }
 
+    /// The engine `run` generates with.
+    enum Engine<'a> {
+        Cpu(CpuSession<'a>),
+        Gpu(Box<GpuModel>),
+    }
+
+    impl Forward for Engine<'_> {
+        async fn forward_last(&mut self, tokens: &[u32]) -> puyu::Result<Vec<f32>> {
+            match self {
+                Engine::Cpu(c) => c.forward_last(tokens).await,
+                Engine::Gpu(g) => g.forward_last(tokens).await,
+            }
+        }
+        async fn forward_sample(&mut self, tokens: &[u32], sampler: &mut puyu::sampling::Sampler, history: &[u32]) -> puyu::Result<u32> {
+            match self {
+                Engine::Cpu(c) => c.forward_sample(tokens, sampler, history).await,
+                Engine::Gpu(g) => Forward::forward_sample(g.as_mut(), tokens, sampler, history).await,
+            }
+        }
+        fn cached_tokens(&self) -> usize {
+            match self {
+                Engine::Cpu(c) => c.cached_tokens(),
+                Engine::Gpu(g) => g.cached_tokens(),
+            }
+        }
+        fn context(&self) -> Option<usize> {
+            match self {
+                Engine::Cpu(c) => c.context(),
+                Engine::Gpu(g) => g.context(),
+            }
+        }
+    }
+
+    /// Where and how the GPU engine runs.
+    #[derive(clap::Args, Clone, Copy)]
+    struct GpuArgs {
+        #[arg(long, value_enum, default_value_t = Backend::Auto)]
+        backend: Backend,
+        /// Do not use shader-f16 even if the adapter has it (the KV cache stays f32).
+        #[arg(long)]
+        no_f16: bool,
+        /// Do not use subgroup operations even if the adapter has them.
+        #[arg(long)]
+        no_subgroups: bool,
+    }
+
+    impl GpuArgs {
+        fn open(&self) -> anyhow::Result<gpu::Gpu> {
+            let wish = gpu::FeatureWish { f16: !self.no_f16, subgroups: !self.no_subgroups };
+            Ok(pollster::block_on(gpu::Gpu::open(self.backend.wgpu(), wish))?)
+        }
+    }
+
     #[derive(Clone, Copy, PartialEq, ValueEnum)]
     enum Device {
         Gpu,
@@ -201,7 +276,7 @@ mod cli {
                 ids,
                 file,
                 device,
-                backend,
+                gpu,
                 json,
             } => {
                 let tokens = match (ids, file) {
@@ -219,7 +294,7 @@ mod cli {
                         if tokens.len() < 2 {
                             bail!("perplexity needs at least 2 tokens, got {}", tokens.len());
                         }
-                        let (mut gpu, _keep) = load_gpu(&model, backend, tokens.len())?;
+                        let (mut gpu, _keep) = load_gpu(&model, gpu, tokens.len())?;
                         let logits = pollster::block_on(gpu.forward(&tokens, true))?;
                         perplexity::Report::from_logits(&logits, &tokens, gpu.config.vocab_size)
                     }
@@ -276,7 +351,7 @@ mod cli {
                 repeat_penalty,
                 seed,
                 device,
-                backend,
+                gpu: gpu_args,
             } => {
                 let seed = seed.unwrap_or_else(|| {
                     std::time::SystemTime::now()
@@ -315,23 +390,25 @@ mod cli {
                 let mut first_token = None;
                 // Loaded only now, so a bad option fails before the model is read.
                 let reference;
-                let mut cpu_session;
-                let (mut gpu, _keep);
-                let (engine, device_name): (&mut dyn Forward, String) = match device {
+                let mut _keep = None;
+                let mut engine = match device {
                     Device::Cpu => {
                         reference = load_reference(&model)?;
-                        cpu_session = CpuSession::new(&reference);
-                        (&mut cpu_session, "cpu reference".into())
+                        Engine::Cpu(CpuSession::new(&reference))
                     }
                     Device::Gpu => {
-                        (gpu, _keep) = load_gpu(&model, backend, ids.len() + max_tokens)?;
-                        let name = gpu.adapter_info().name.clone();
-                        (&mut gpu, name)
+                        let gpu;
+                        (gpu, _keep) = load_gpu(&model, gpu_args, ids.len() + max_tokens)?;
+                        Engine::Gpu(Box::new(gpu))
                     }
+                };
+                let device_name = match &engine {
+                    Engine::Cpu(_) => "cpu reference".to_string(),
+                    Engine::Gpu(g) => g.describe(),
                 };
                 let start = Instant::now();
                 let mut stdout = std::io::stdout().lock();
-                let out = generate(engine, &tokenizer, &ids, &options, |_, text| {
+                let out = generate_blocking(&mut engine, &tokenizer, &ids, &options, |_, text| {
                     first_token.get_or_insert_with(Instant::now);
                     let _ = stdout.write_all(text.as_bytes());
                     let _ = stdout.flush();
@@ -353,6 +430,10 @@ mod cli {
                     out.finish,
                 );
                 Ok(())
+            }
+            Command::Bench { kernels: Some(shape), prompt_tokens, json, gpu, .. } => bench::kernels(&shape, prompt_tokens, json, gpu),
+            Command::Bench { model, prompt_tokens, gen_tokens, repeat, json, gpu, .. } => {
+                bench::run(&model, prompt_tokens, gen_tokens, repeat, json, gpu)
             }
             Command::Tokenize { model, no_bos, text } => {
                 let ids = load_tokenizer(&model)?.encode(&text, !no_bos)?;
@@ -438,6 +519,79 @@ mod cli {
         }
     }
 
+    mod bench {
+        use super::*;
+
+        pub fn kernels(shape: &str, prompt_tokens: usize, json: bool, args: GpuArgs) -> anyhow::Result<()> {
+            let spec = tiny::REAL_SHAPES
+                .into_iter()
+                .chain([tiny::TINY])
+                .find(|s| s.name == shape)
+                .with_context(|| format!("no shape `{shape}` (1_8b, 7b, 20b, tiny)"))?;
+            let gpu = args.open()?;
+            let rows = puyu::bench::kernels(&gpu, &spec.config(), prompt_tokens.min(64), 4096)?;
+            if json {
+                let out = serde_json::json!({ "adapter": gpu.describe(), "shape": shape, "kernels": rows });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+                return Ok(());
+            }
+            println!("{shape} kernels on {}", gpu.describe());
+            for r in rows {
+                println!("{:<18} {:<22} {:<24} {:>9.3} ms {:>8.2} GB/s {:>8.2} GFLOP/s", r.kernel, r.variant, r.shape, r.ms, r.gb_per_s, r.gflop_per_s);
+            }
+            Ok(())
+        }
+
+        pub fn run(model: &str, prompt_tokens: usize, gen_tokens: usize, repeat: usize, json: bool, args: GpuArgs) -> anyhow::Result<()> {
+            let (dir, _keep) = model_dir(model)?;
+            let start = Instant::now();
+            let dir = ModelDir::open(&dir, false)?;
+            let gpu = args.open()?;
+            let context = prompt_tokens + gen_tokens + 1;
+            let options = puyu::gpu::model::GpuOptions { context, ..Default::default() };
+            let mut engine = GpuModel::new(gpu, dir.config.clone(), &dir.manifest, |b| dir.blob(b).map(<[u8]>::to_vec), &options)?;
+            // Uploads are queued: wait for them, so load time is the time to a usable model.
+            let device = &engine.gpu().device;
+            device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let load_s = start.elapsed().as_secs_f64();
+            drop(dir);
+            let (prefill, decode, ttft) = puyu::bench::run(&mut engine, prompt_tokens, gen_tokens, repeat)?;
+            let g = engine.gpu();
+            let report = puyu::bench::Report {
+                model: model.to_string(),
+                adapter: g.adapter_info.name.clone(),
+                backend: format!("{:?}", g.adapter_info.backend),
+                shader_f16: g.f16,
+                subgroups: g.subgroups,
+                prompt_tokens,
+                gen_tokens,
+                repeat,
+                load_s,
+                prefill_tokens_per_s: puyu::bench::Spread::of(&prefill),
+                decode_tokens_per_s: puyu::bench::Spread::of(&decode),
+                time_to_first_token_ms: puyu::bench::Spread::of(&ttft),
+                memory_bytes: engine.memory,
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                return Ok(());
+            }
+            let r = &report;
+            let row = |name: &str, s: puyu::bench::Spread, unit: &str| {
+                println!("{name:<22} {:>10.2} {unit:<6} (min {:.2}, max {:.2})", s.median, s.min, s.max);
+            };
+            println!("{} on {}", model, engine.describe());
+            println!("{:<22} {:>10.2} s", "load", r.load_s);
+            row(&format!("prefill ({prompt_tokens} tokens)"), r.prefill_tokens_per_s, "tok/s");
+            row(&format!("decode ({gen_tokens} tokens)"), r.decode_tokens_per_s, "tok/s");
+            row("time to first token", r.time_to_first_token_ms, "ms");
+            let mb = |b: u64| b as f64 / 1e6;
+            let m = r.memory_bytes;
+            println!("{:<22} {:>10.1} MB weights, {:.1} MB KV cache, {:.1} MB scratch", "GPU memory", mb(m.weights), mb(m.kv_cache), mb(m.scratch));
+            Ok(())
+        }
+    }
+
     /// A tiny model by name, else an HF folder.
     fn load_reference(model: &str) -> anyhow::Result<reference::Model> {
         if let Some(spec) = tiny::TinySpec::by_name(model) {
@@ -463,7 +617,20 @@ mod cli {
     /// is; a bundled tiny model or an HF folder is converted first into a temporary folder
     /// (kept alive by the returned guard): f16 for tiny, so that it matches the CPU reference,
     /// q4 for HF folders.
-    fn load_gpu(model: &str, backend: Backend, tokens: usize) -> anyhow::Result<(GpuModel, Option<tempfile::TempDir>)> {
+    fn load_gpu(model: &str, args: GpuArgs, tokens: usize) -> anyhow::Result<(GpuModel, Option<tempfile::TempDir>)> {
+        let (dir, keep) = model_dir(model)?;
+        let dir = ModelDir::open(&dir, false)?;
+        let gpu = args.open()?;
+        let context = tokens.max(dir.config.max_position_embeddings.min(4096));
+        let options = puyu::gpu::model::GpuOptions { context, ..Default::default() };
+        let engine = GpuModel::new(gpu, dir.config.clone(), &dir.manifest, |b| dir.blob(b).map(<[u8]>::to_vec), &options)?;
+        Ok((engine, keep))
+    }
+
+    /// The puyu model folder for `model`: itself, or a bundled tiny model or an HF folder
+    /// converted into a temporary folder (kept alive by the returned guard): f16 for tiny,
+    /// so that it matches the CPU reference, q4 for HF folders.
+    fn model_dir(model: &str) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
         let mut keep = None;
         let dir = if ModelDir::is_model_dir(std::path::Path::new(model)) {
             PathBuf::from(model)
@@ -486,12 +653,7 @@ mod cli {
             keep = Some(tmp);
             out
         };
-        let dir = ModelDir::open(&dir, false)?;
-        let gpu = pollster::block_on(puyu::gpu::Gpu::new(backend.wgpu()))?;
-        let context = tokens.max(dir.config.max_position_embeddings.min(4096));
-        let options = puyu::gpu::model::GpuOptions { context, ..Default::default() };
-        let engine = GpuModel::new(gpu, dir.config.clone(), &dir.manifest, |b| dir.blob(b).map(<[u8]>::to_vec), &options)?;
-        Ok((engine, keep))
+        Ok((dir, keep))
     }
 
     /// The tokenizer of a bundled tiny model (the real InternLM2 one), a model folder, or a

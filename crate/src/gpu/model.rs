@@ -105,8 +105,17 @@ pub struct GpuOptions {
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { context: 4096, chunk: 128, weight_binding_limit: None, matmul: Schedule::Auto, prefill_tile: 8 }
+        GpuOptions { context: 4096, chunk: 128, weight_binding_limit: None, matmul: Schedule::Auto, prefill_tile: 4 }
     }
+}
+
+/// GPU memory the model allocated, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Memory {
+    pub weights: u64,
+    pub kv_cache: u64,
+    /// Activations, attention partials, sampling scratch, readback buffers.
+    pub scratch: u64,
 }
 
 /// The model on the GPU with one sequence's KV cache.
@@ -136,6 +145,7 @@ pub struct GpuModel {
     /// Rows of the attention partials buffer (tokens × splits).
     part_rows: usize,
     prefill_tile: u32,
+    pub memory: Memory,
     /// Tokens in the cache.
     pub len: usize,
     rope: Rope,
@@ -180,7 +190,10 @@ impl GpuModel {
         let kv_define: &[&str] = if gpu.f16 { &["KV_F16"] } else { &[] };
         let dev = &gpu.device;
 
+        // Every byte allocated, for the memory report.
+        let allocated = std::cell::Cell::new(0u64);
         let storage = |label: &str, bytes: u64| {
+            allocated.set(allocated.get() + bytes.max(4).next_multiple_of(4));
             dev.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
                 size: bytes.max(4).next_multiple_of(4),
@@ -237,25 +250,7 @@ impl GpuModel {
         };
 
         let f = 4u64;
-        let tokens = storage("tokens", chunk as u64 * 4);
-        let cos_sin = storage("cos_sin", (chunk * hd) as u64 * f);
-        let x = storage("x", (chunk * h) as u64 * f);
-        let xn = storage("xn", (chunk * h) as u64 * f);
-        let qkv = storage("qkv", (chunk * c.qkv_rows()) as u64 * f);
-        let q = storage("q", (chunk * nh * hd) as u64 * f);
-        let attn = storage("attn", (chunk * nh * hd) as u64 * f);
-        let part = storage("attention partials", (part_rows * nh * (hd + 2)) as u64 * f);
-        let gate = storage("gate", (chunk * i) as u64 * f);
-        let up = storage("up", (chunk * i) as u64 * f);
-        let act = storage("act", (chunk * i) as u64 * f);
-        let x_last = storage("x_last", (chunk * h) as u64 * f);
-        let logits = storage("logits", (chunk * v) as u64 * f);
-        let staging = dev.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("logits readback"),
-            size: (chunk * v) as u64 * f,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let weights_start = allocated.get();
         let norm = |name: &str| -> Result<wgpu::Buffer> {
             let mut w = weight(name)?;
             Ok(w.chunks.remove(0).data)
@@ -283,6 +278,29 @@ impl GpuModel {
         }
         let final_norm = norm("model.norm.weight")?;
         let output = weight("output.weight")?;
+        let kv_cache = 2 * (c.num_layers * context * nkv * hd * kv_bytes) as u64;
+        let weights_bytes = allocated.get() - weights_start - kv_cache;
+
+        let tokens = storage("tokens", chunk as u64 * 4);
+        let cos_sin = storage("cos_sin", (chunk * hd) as u64 * f);
+        let x = storage("x", (chunk * h) as u64 * f);
+        let xn = storage("xn", (chunk * h) as u64 * f);
+        let qkv = storage("qkv", (chunk * c.qkv_rows()) as u64 * f);
+        let q = storage("q", (chunk * nh * hd) as u64 * f);
+        let attn = storage("attn", (chunk * nh * hd) as u64 * f);
+        let part = storage("attention partials", (part_rows * nh * (hd + 2)) as u64 * f);
+        let gate = storage("gate", (chunk * i) as u64 * f);
+        let up = storage("up", (chunk * i) as u64 * f);
+        let act = storage("act", (chunk * i) as u64 * f);
+        let x_last = storage("x_last", (chunk * h) as u64 * f);
+        let logits = storage("logits", (chunk * v) as u64 * f);
+        let staging = dev.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("logits readback"),
+            size: (chunk * v) as u64 * f,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        allocated.set(allocated.get() + staging.size());
 
         let attn_layout = [Bind::Read, Bind::Read, Bind::Read, Bind::Write, Bind::Write, Bind::Uniform];
         let norm_layout = [Bind::Read, Bind::Read, Bind::Write, Bind::Uniform];
@@ -379,12 +397,23 @@ impl GpuModel {
             chosen_staging,
             part_rows,
             prefill_tile,
+            memory: Memory { weights: weights_bytes, kv_cache, scratch: allocated.get() - weights_bytes - kv_cache },
             len: 0,
         })
     }
 
     pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
         &self.gpu.adapter_info
+    }
+
+    /// The device and its chosen features.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// One line: adapter, backend, features, KV-cache type.
+    pub fn describe(&self) -> String {
+        format!("{}; KV cache {}", self.gpu.describe(), if self.gpu.f16 { "f16" } else { "f32" })
     }
 
     /// Empties the KV cache (a new conversation).

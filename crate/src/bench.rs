@@ -1,0 +1,173 @@
+//! `puyu bench`: prompt processing and generation speed of the GPU engine, repeated, with the
+//! median and spread, the load time and the GPU memory the model holds.
+//!
+//! A run prefills `prompt_tokens` fixed pseudo-random ids (the first token and the time to it
+//! come from that step: the GPU samples greedily and 4 bytes come back) and then decodes
+//! `gen_tokens` tokens one step at a time. The KV cache is emptied between repeats.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::gpu::model::{GpuModel, Memory};
+
+/// Median, min and max of a set of figures.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(values: &[f64]) -> Spread {
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+        Spread { median, min: v[0], max: v[n - 1] }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub model: String,
+    pub adapter: String,
+    pub backend: String,
+    pub shader_f16: bool,
+    pub subgroups: bool,
+    pub prompt_tokens: usize,
+    pub gen_tokens: usize,
+    pub repeat: usize,
+    /// Opening the folder and uploading the weights, seconds.
+    pub load_s: f64,
+    pub prefill_tokens_per_s: Spread,
+    pub decode_tokens_per_s: Spread,
+    pub time_to_first_token_ms: Spread,
+    pub memory_bytes: Memory,
+}
+
+/// The prompt of a benchmark: ids spread over the vocabulary, <s> first.
+pub fn prompt(len: usize, vocab: usize) -> Vec<u32> {
+    let span = (vocab as u64).saturating_sub(300).max(1);
+    (0..len as u64).map(|i| if i == 0 { 1 } else { (259 + (i * 7919) % span) as u32 }).collect()
+}
+
+/// Times `repeat` runs of prefill + decode on `engine`.
+pub fn run(engine: &mut GpuModel, prompt_tokens: usize, gen_tokens: usize, repeat: usize) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+    let ids = prompt(prompt_tokens.max(1), engine.config.vocab_size);
+    let (mut prefill, mut decode, mut ttft) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..repeat.max(1) {
+        engine.reset();
+        let start = Instant::now();
+        let mut next = pollster::block_on(engine.forward_greedy(&ids))?;
+        let first = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        for _ in 0..gen_tokens {
+            next = pollster::block_on(engine.forward_greedy(&[next]))?;
+        }
+        let gen = start.elapsed().as_secs_f64();
+        prefill.push(ids.len() as f64 / first);
+        ttft.push(first * 1e3);
+        if gen_tokens > 0 {
+            decode.push(gen_tokens as f64 / gen);
+        }
+    }
+    if decode.is_empty() {
+        decode.push(0.0);
+    }
+    Ok((prefill, decode, ttft))
+}
+
+/// One kernel timing of `puyu bench --kernels`.
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelRow {
+    pub kernel: String,
+    pub variant: String,
+    /// e.g. "4096x2048 T=1".
+    pub shape: String,
+    pub ms: f64,
+    /// Weight (and KV) bytes read per second, GB/s.
+    pub gb_per_s: f64,
+    pub gflop_per_s: f64,
+}
+
+/// Times the matrix products of a layer of `config` (and its output matrix) at q4, for
+/// decode (T = 1) and prefill (T = `prefill`), in each schedule and tile the adapter can run,
+/// and decode attention over `ctx` keys.
+pub fn kernels(gpu: &crate::gpu::Gpu, config: &crate::ModelConfig, prefill: usize, ctx: usize) -> Result<Vec<KernelRow>> {
+    use crate::gpu::lab::{self, Buf, Launch};
+    use crate::gpu::shaders;
+    use crate::quant::Quant;
+
+    let (h, i, v) = (config.hidden_size, config.intermediate_size, config.vocab_size);
+    let mut rows = Vec::new();
+    let matrices = [("wqkv", config.qkv_rows(), h), ("wo", h, config.num_heads * config.head_dim), ("w1", i, h), ("w2", h, i), ("output", v, h)];
+    let mut schedules = vec!["ROW_PER_LANE", ""];
+    if gpu.subgroups {
+        schedules.push("SUBGROUPS");
+    }
+    for (name, n_rows, cols) in matrices {
+        // Weights need not be meaningful to be timed: a fixed byte pattern.
+        let data = vec![0x5au8; Quant::Q4.data_bytes_per_row(cols) * n_rows];
+        let scales: Vec<u8> = (0..Quant::Q4.scale_bytes_per_row(cols) * n_rows / 2).flat_map(|_| half::f16::from_f32(0.01).to_le_bytes()).collect();
+        for (tokens, tiles) in [(1usize, &[1u32][..]), (prefill, &[1, 4, 8][..])] {
+            let x = vec![0.5f32; tokens * cols];
+            let y = vec![0f32; tokens * n_rows];
+            for &schedule in &schedules {
+                for &tile in tiles {
+                    let mut defines = vec!["Q4"];
+                    defines.extend([schedule, if tile == 4 { "TILE4" } else if tile == 8 { "TILE8" } else { "" }].into_iter().filter(|d| !d.is_empty()));
+                    let r = n_rows as u32;
+                    let g = if schedule == "ROW_PER_LANE" { r.div_ceil(64) } else { r };
+                    let launch = Launch {
+                        source: shaders::MATMUL,
+                        entry: "matmul",
+                        defines: &defines,
+                        buffers: vec![Buf::In(bytemuck::cast_slice(&x)), Buf::In(&data), Buf::In(&scales), Buf::Out(bytemuck::cast_slice(&y))],
+                        params: [r, cols as u32, tokens as u32, r, 0, 0, 0, 0],
+                        groups: [g.min(65535), g.div_ceil(65535), (tokens as u32).div_ceil(tile)],
+                    };
+                    let s = lab::time(gpu, &launch, 3)?;
+                    let bytes = (data.len() + scales.len()) as f64;
+                    rows.push(KernelRow {
+                        kernel: format!("matmul {name}"),
+                        variant: if defines.len() > 1 { defines[1..].join("+") } else { "WORKGROUP".into() },
+                        shape: format!("{n_rows}x{cols} T={tokens}"),
+                        ms: s * 1e3,
+                        gb_per_s: bytes / s / 1e9,
+                        gflop_per_s: 2.0 * (n_rows * cols * tokens) as f64 / s / 1e9,
+                    });
+                }
+            }
+        }
+    }
+    // Decode attention over a long cache, split as the engine splits it.
+    let (nh, nkv, hd) = (config.num_heads, config.num_kv_heads, config.head_dim);
+    let (splits, split_len) = crate::gpu::model::kv_splits(1, ctx, nh, 128);
+    let kv_bytes = if gpu.f16 { 2 } else { 4 };
+    let q = vec![0.1f32; nh * hd];
+    let cache = vec![0u8; ctx * nkv * hd * kv_bytes];
+    let part = vec![0f32; nh * splits as usize * (hd + 2)];
+    let out = vec![0f32; nh * hd];
+    let defines: &[&str] = if gpu.f16 { &["KV_F16"] } else { &[] };
+    let launch = Launch {
+        source: shaders::ATTENTION,
+        entry: "attend",
+        defines,
+        buffers: vec![Buf::In(bytemuck::cast_slice(&q)), Buf::In(&cache), Buf::In(&cache), Buf::Out(bytemuck::cast_slice(&part)), Buf::Out(bytemuck::cast_slice(&out))],
+        params: [nh as u32, nkv as u32, hd as u32, 1, (ctx - 1) as u32, splits, split_len, (1.0 / (hd as f32).sqrt()).to_bits()],
+        groups: [splits, 1, nh as u32],
+    };
+    let s = lab::time(gpu, &launch, 3)?;
+    rows.push(KernelRow {
+        kernel: "attention attend".into(),
+        variant: format!("{splits} splits{}", if gpu.f16 { " KV_F16" } else { "" }),
+        shape: format!("nh {nh} nkv {nkv} hd {hd} ctx {ctx} T=1"),
+        ms: s * 1e3,
+        gb_per_s: 2.0 * cache.len() as f64 / s / 1e9,
+        gflop_per_s: 4.0 * (nh * ctx * hd) as f64 / s / 1e9,
+    });
+    Ok(rows)
+}
