@@ -94,6 +94,115 @@ pub struct Generation {
     pub finish: FinishReason,
 }
 
+/// One step of a generation: the sampled id and the text it completes (possibly empty: a
+/// token may end inside a UTF-8 sequence, or begin what could be a stop string).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Token {
+    pub id: u32,
+    pub text: String,
+}
+
+/// A generation as an async iterator: each [`Generator::next`] runs one step (the prompt
+/// first, then one token) and returns its token; `None` once a stop id, a stop string,
+/// max tokens or [`Generator::cancel`] has ended it. The JS streaming API and [`generate`]
+/// are both built on this.
+pub struct Generator<'a, M: Forward> {
+    model: &'a mut M,
+    options: GenerateOptions,
+    sampler: Sampler,
+    stream: crate::tokenizer::DecodeStream<'a>,
+    stops: StopStrings,
+    /// The prompt, then every sampled id (for the penalty).
+    history: Vec<u32>,
+    /// Tokens to run next: the prompt, then the last sampled id.
+    feed: Vec<u32>,
+    ids: Vec<u32>,
+    finish: Option<FinishReason>,
+    done: bool,
+}
+
+impl<'a, M: Forward> Generator<'a, M> {
+    /// Prepares to run `prompt` after what `model` holds. Fails with
+    /// [`crate::Error::ContextFull`] before any work when the cache, the prompt and
+    /// `max_tokens` would not fit the context.
+    pub fn new(model: &'a mut M, tokenizer: &'a Tokenizer, prompt: &[u32], options: &GenerateOptions) -> Result<Self> {
+        if let Some(context) = model.context() {
+            // The last sampled token is never fed back, hence − 1.
+            let needed = model.cached_tokens() + prompt.len() + options.max_tokens.saturating_sub(1);
+            if needed > context {
+                return Err(crate::Error::ContextFull { needed, context });
+            }
+        }
+        Ok(Generator {
+            model,
+            options: options.clone(),
+            sampler: Sampler::new(options.sampling.clone()),
+            stream: tokenizer.stream(true),
+            stops: StopStrings::new(&options.stop_strings),
+            history: prompt.to_vec(),
+            feed: prompt.to_vec(),
+            ids: Vec::new(),
+            finish: None,
+            done: options.max_tokens == 0,
+        })
+    }
+
+    /// Runs the next step; `None` when the generation has ended.
+    pub async fn next(&mut self) -> Result<Option<Token>> {
+        if self.done {
+            return Ok(None);
+        }
+        if self.finish.is_none() && self.ids.len() == self.options.max_tokens {
+            self.finish = Some(FinishReason::Length);
+        }
+        if self.finish.is_some() {
+            // Length or cancel: whatever was held back (a partial stop string, an unfinished
+            // byte run) is text after all.
+            self.done = true;
+            let rest = self.stream.finish().unwrap_or_default();
+            let (mut text, _) = self.stops.feed(&rest);
+            text.push_str(&self.stops.flush());
+            return Ok(match self.ids.last() {
+                Some(&id) if !text.is_empty() => Some(Token { id, text }),
+                _ => None,
+            });
+        }
+        let feed = std::mem::take(&mut self.feed);
+        let id = self.model.forward_sample(&feed, &mut self.sampler, &self.history).await?;
+        self.ids.push(id);
+        self.history.push(id);
+        self.feed = vec![id];
+        if self.options.stop_ids.contains(&id) {
+            (self.finish, self.done) = (Some(FinishReason::Stop), true);
+            return Ok(None);
+        }
+        let piece = self.stream.push(id)?.unwrap_or_default();
+        let (text, stopped) = self.stops.feed(&piece);
+        if stopped {
+            (self.finish, self.done) = (Some(FinishReason::Stop), true);
+        }
+        Ok(Some(Token { id, text }))
+    }
+
+    /// Ends the generation after the token already returned (the next call to `next`
+    /// returns any held-back text, then `None`). Nothing more runs on the model.
+    pub fn cancel(&mut self) {
+        if self.finish.is_none() {
+            self.finish = Some(FinishReason::Cancelled);
+        }
+    }
+
+    /// Every sampled id so far, a stop id included.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    /// Why it ended (`None` while it runs).
+    pub fn finish_reason(&self) -> Option<FinishReason> {
+        if self.done { self.finish } else { None }
+    }
+}
+
 /// Runs `prompt` after what `model` holds, then generates. `on_token` sees each sampled id
 /// with the text it completes (possibly empty); returning `Break` cancels after that token.
 /// Fails with [`crate::Error::ContextFull`] before any work when the cache, the prompt and
@@ -105,59 +214,15 @@ pub async fn generate(
     options: &GenerateOptions,
     mut on_token: impl FnMut(u32, &str) -> ControlFlow<()>,
 ) -> Result<Generation> {
-    if let Some(context) = model.context() {
-        // The last sampled token is never fed back, hence − 1.
-        let needed = model.cached_tokens() + prompt.len() + options.max_tokens.saturating_sub(1);
-        if needed > context {
-            return Err(crate::Error::ContextFull { needed, context });
+    let mut g = Generator::new(model, tokenizer, prompt, options)?;
+    let mut text = String::new();
+    while let Some(token) = g.next().await? {
+        text.push_str(&token.text);
+        if on_token(token.id, &token.text).is_break() {
+            g.cancel();
         }
     }
-    let mut sampler = Sampler::new(options.sampling.clone());
-    let mut stream = tokenizer.stream(true);
-    let mut stops = StopStrings::new(&options.stop_strings);
-    let mut history: Vec<u32> = prompt.to_vec();
-    let mut out = Generation {
-        ids: Vec::new(),
-        text: String::new(),
-        finish: FinishReason::Length,
-    };
-
-    let mut id = model.forward_sample(prompt, &mut sampler, &history).await?;
-    while out.ids.len() < options.max_tokens {
-        out.ids.push(id);
-        history.push(id);
-        if options.stop_ids.contains(&id) {
-            out.finish = FinishReason::Stop;
-            break;
-        }
-        let piece = stream.push(id)?.unwrap_or_default();
-        let (text, stopped) = stops.feed(&piece);
-        out.text.push_str(&text);
-        let flow = on_token(id, &text);
-        if stopped {
-            out.finish = FinishReason::Stop;
-            break;
-        }
-        if flow.is_break() {
-            out.finish = FinishReason::Cancelled;
-            break;
-        }
-        if out.ids.len() == options.max_tokens {
-            break;
-        }
-        id = model.forward_sample(&[id], &mut sampler, &history).await?;
-    }
-    if out.finish != FinishReason::Stop {
-        // Whatever was held back (a partial stop string, an unfinished byte run) is text.
-        let rest = stream.finish().unwrap_or_default();
-        let (mut text, _) = stops.feed(&rest);
-        text.push_str(&stops.flush());
-        out.text.push_str(&text);
-        if !text.is_empty() {
-            let _ = on_token(*out.ids.last().expect("at least one token"), &text);
-        }
-    }
-    Ok(out)
+    Ok(Generation { ids: g.ids.clone(), text, finish: g.finish_reason().unwrap_or(FinishReason::Length) })
 }
 
 /// [`generate`], waited for on this thread (native).

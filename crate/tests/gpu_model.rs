@@ -281,3 +281,36 @@ fn seeded_sampling_on_the_gpu_matches_the_cpu() {
     }
     assert_eq!(distinct.len(), 3, "different seeds draw different replies");
 }
+
+/// The iterator form: `Generator::next` yields the same tokens as the callback form, and a
+/// cancel ends it with nothing more run on the GPU.
+#[test]
+fn generator_iterates_and_cancels() {
+    use puyu::generate::{generate_blocking, FinishReason, Forward, GenerateOptions, Generator};
+    use puyu::sampling::SamplingParams;
+    use std::ops::ControlFlow;
+
+    let root = tempfile::tempdir().unwrap();
+    let dir = folder(TINY, Quant::Q4, root.path());
+    let tokenizer = puyu::Tokenizer::open(&dir.dir).unwrap();
+    let mut gpu = gpu_model(&dir, sized(64, 64));
+    let prompt = tokenizer.encode("书生·浦语 is", true).unwrap();
+    let opts = GenerateOptions { max_tokens: 6, stop_ids: vec![], stop_strings: vec![], sampling: SamplingParams::greedy() };
+    let whole = generate_blocking(&mut gpu, &tokenizer, &prompt, &opts, |_, _| ControlFlow::Continue(())).unwrap();
+
+    gpu.reset();
+    let mut g = Generator::new(&mut gpu, &tokenizer, &prompt, &opts).unwrap();
+    let mut ids = Vec::new();
+    while let Some(t) = pollster::block_on(g.next()).unwrap() {
+        ids.push(t.id);
+        if ids.len() == 4 {
+            g.cancel();
+        }
+    }
+    assert_eq!(g.finish_reason(), Some(FinishReason::Cancelled));
+    // The held-back text after the cancel may come as one more token with the last id.
+    assert_eq!(ids[..4], whole.ids[..4]);
+    assert!(ids.len() == 4 || (ids.len() == 5 && ids[4] == ids[3]), "{ids:?}");
+    drop(g);
+    assert_eq!(gpu.cached_tokens(), prompt.len() + 3, "nothing ran after the cancel");
+}
