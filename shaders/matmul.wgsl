@@ -30,8 +30,8 @@ struct Params {
     _pad2: u32,
 }
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;            // [T, K]
-@group(0) @binding(1) var<storage, read> w: array<u32>;            // packed [rows, K]
+@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;      // [T, K]
+@group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;      // packed [rows, K]
 @group(0) @binding(2) var<storage, read> scales: array<u32>;       // f16 pairs [rows, K/32] (Q4, Q8)
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;      // [T, total]
 @group(0) @binding(4) var<uniform> p: Params;
@@ -52,70 +52,74 @@ fn scale(row: u32, group: u32) -> f32 {
     return unpack2x16float(scales[i / 2u] >> (16u * (i % 2u))).x;
 }
 
-// Offsets of the tile's tokens in x; past the last token, the last token again (read, not stored).
+// Where the tile's tokens start in x, in vec4s; past the last token, the last token again
+// (read, not stored).
 fn token_bases(t0: u32) -> array<u32, TILE> {
     var b: array<u32, TILE>;
     for (var j = 0u; j < TILE; j++) {
-        b[j] = min(t0 + j, p.tokens - 1u) * p.cols;
+        b[j] = min(t0 + j, p.tokens - 1u) * (p.cols / 4u);
     }
     return b;
 }
 
-// Σ over this lane's share of row `row` (words lane, lane + stride, …) against each token of
-// the tile starting at t0.
-fn dot_words(row: u32, t0: u32, lane: u32, stride: u32) -> array<f32, TILE> {
+// The 8 weights of packed word `word` as two vec4s (Q4: nibble i is weight i, value q − 8).
+fn nibbles(word: u32) -> array<vec4<f32>, 2> {
+    let v = vec4<u32>(word);
+    let lo = vec4<f32>((v >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u)) - 8.0;
+    let hi = vec4<f32>((v >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u)) - 8.0;
+    return array<vec4<f32>, 2>(lo, hi);
+}
+
+// The 4 signed bytes of a word (Q8), sign-extended.
+fn bytes4(word: u32) -> vec4<f32> {
+    return vec4<f32>((vec4<i32>(bitcast<i32>(word)) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
+}
+
+// Σ over this lane's share of row `row` (32-weight groups lane, lane + stride, …) against
+// each token of the tile starting at t0. A group's weights are 1 (Q4), 2 (Q8) or 4 (F16)
+// 16-byte loads, and its scale is read once.
+fn dot_groups(row: u32, t0: u32, lane: u32, stride: u32) -> array<f32, TILE> {
     let xb = token_bases(t0);
+    let groups = p.cols / 32u;
     var acc: array<f32, TILE>;
+    for (var g = lane; g < groups; g += stride) {
+        // The group's 32 weights as 8 vec4s.
+        var wv: array<vec4<f32>, 8>;
 #if Q4
-    // 8 weights per word, nibble i = weight 8·word + i, value (q − 8)·scale.
-    let words = p.cols / 8u;
-    for (var wi = lane; wi < words; wi += stride) {
-        let word = w[row * words + wi];
-        let d = scale(row, wi / 4u);
-        var v: array<f32, 8>;
-        for (var i = 0u; i < 8u; i++) {
-            v[i] = f32((word >> (4u * i)) & 15u) - 8.0;
+        let words = w[row * groups + g];
+        for (var q = 0u; q < 4u; q++) {
+            let n = nibbles(words[q]);
+            wv[2u * q] = n[0];
+            wv[2u * q + 1u] = n[1];
         }
-        for (var j = 0u; j < TILE; j++) {
-            let k = xb[j] + wi * 8u;
-            var s = 0.0;
-            for (var i = 0u; i < 8u; i++) {
-                s += v[i] * x[k + i];
-            }
-            acc[j] += s * d;
-        }
-    }
+        let d = scale(row, g);
 #endif
 #if Q8
-    // 4 signed bytes per word, value q·scale.
-    let words = p.cols / 4u;
-    for (var wi = lane; wi < words; wi += stride) {
-        let word = i32(w[row * words + wi]);
-        let d = scale(row, wi / 8u);
-        var v: array<f32, 4>;
-        for (var i = 0u; i < 4u; i++) {
-            v[i] = f32(extractBits(word, 8u * i, 8u));
+        for (var h = 0u; h < 2u; h++) {
+            let words = w[(row * groups + g) * 2u + h];
+            for (var q = 0u; q < 4u; q++) {
+                wv[4u * h + q] = bytes4(words[q]);
+            }
         }
+        let d = scale(row, g);
+#endif
+#if F16
+        for (var h = 0u; h < 4u; h++) {
+            let words = w[(row * groups + g) * 4u + h];
+            wv[2u * h] = vec4<f32>(unpack2x16float(words[0]), unpack2x16float(words[1]));
+            wv[2u * h + 1u] = vec4<f32>(unpack2x16float(words[2]), unpack2x16float(words[3]));
+        }
+        let d = 1.0;
+#endif
         for (var j = 0u; j < TILE; j++) {
-            let k = xb[j] + wi * 4u;
+            let k = xb[j] + g * 8u;
             var s = 0.0;
-            for (var i = 0u; i < 4u; i++) {
-                s += v[i] * x[k + i];
+            for (var m = 0u; m < 8u; m++) {
+                s += dot(wv[m], x[k + m]);
             }
             acc[j] += s * d;
         }
     }
-#endif
-#if F16
-    let words = p.cols / 2u;
-    for (var wi = lane; wi < words; wi += stride) {
-        let v = unpack2x16float(w[row * words + wi]);
-        for (var j = 0u; j < TILE; j++) {
-            let k = xb[j] + wi * 2u;
-            acc[j] += v.x * x[k] + v.y * x[k + 1u];
-        }
-    }
-#endif
     return acc;
 }
 
@@ -140,7 +144,7 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     if (row >= p.rows) {
         return;
     }
-    let acc = dot_words(row, t0, 0u, 1u);
+    let acc = dot_groups(row, t0, 0u, 1u);
     for (var j = 0u; j < TILE; j++) {
         store(row, t0 + j, acc[j]);
     }
@@ -163,7 +167,7 @@ fn matmul(
     if (row >= p.rows) {
         return; // uniform across the workgroup
     }
-    let acc = dot_words(row, t0, lane, LANES);
+    let acc = dot_groups(row, t0, lane, LANES);
 #if SUBGROUPS
     // Sum within each subgroup, then the subgroups' sums in shared memory.
     for (var j = 0u; j < TILE; j++) {

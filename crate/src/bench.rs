@@ -96,7 +96,7 @@ pub struct KernelRow {
 /// Times the matrix products of a layer of `config` (and its output matrix) at q4, for
 /// decode (T = 1) and prefill (T = `prefill`), in each schedule and tile the adapter can run,
 /// and decode attention over `ctx` keys.
-pub fn kernels(gpu: &crate::gpu::Gpu, config: &crate::ModelConfig, prefill: usize, ctx: usize) -> Result<Vec<KernelRow>> {
+pub fn kernels(gpu: &crate::gpu::Gpu, config: &crate::ModelConfig, prefill: usize, ctx: usize, only: Option<&str>) -> Result<Vec<KernelRow>> {
     use crate::gpu::lab::{self, Buf, Launch};
     use crate::gpu::shaders;
     use crate::quant::Quant;
@@ -108,7 +108,8 @@ pub fn kernels(gpu: &crate::gpu::Gpu, config: &crate::ModelConfig, prefill: usiz
     if gpu.subgroups {
         schedules.push("SUBGROUPS");
     }
-    for (name, n_rows, cols) in matrices {
+    let wanted = |name: &str| only.is_none_or(|o| name.contains(o));
+    for (name, n_rows, cols) in matrices.into_iter().filter(|(n, _, _)| wanted(&format!("matmul {n}"))) {
         // Weights need not be meaningful to be timed: a fixed byte pattern.
         let data = vec![0x5au8; Quant::Q4.data_bytes_per_row(cols) * n_rows];
         let scales: Vec<u8> = (0..Quant::Q4.scale_bytes_per_row(cols) * n_rows / 2).flat_map(|_| half::f16::from_f32(0.01).to_le_bytes()).collect();
@@ -142,6 +143,9 @@ pub fn kernels(gpu: &crate::gpu::Gpu, config: &crate::ModelConfig, prefill: usiz
                 }
             }
         }
+    }
+    if !wanted("attention attend") {
+        return Ok(rows);
     }
     // Decode attention over a long cache, split as the engine splits it.
     let (nh, nkv, hd) = (config.num_heads, config.num_kv_heads, config.head_dim);

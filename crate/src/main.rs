@@ -140,6 +140,9 @@ mod cli {
             /// tiny): GB/s and GFLOP/s of the q4 matrix products and decode attention.
             #[arg(long, value_name = "SHAPE", num_args = 0..=1, default_missing_value = "1_8b")]
             kernels: Option<String>,
+            /// With --kernels: only the kernels whose name contains this (e.g. `w1`, `attend`).
+            #[arg(long, requires = "kernels")]
+            only: Option<String>,
             #[command(flatten)]
             gpu: GpuArgs,
         },
@@ -431,7 +434,9 @@ mod cli {
                 );
                 Ok(())
             }
-            Command::Bench { kernels: Some(shape), prompt_tokens, json, gpu, .. } => bench::kernels(&shape, prompt_tokens, json, gpu),
+            Command::Bench { kernels: Some(shape), only, prompt_tokens, json, gpu, .. } => {
+                bench::kernels(&shape, only.as_deref(), prompt_tokens, json, gpu)
+            }
             Command::Bench { model, prompt_tokens, gen_tokens, repeat, json, gpu, .. } => {
                 bench::run(&model, prompt_tokens, gen_tokens, repeat, json, gpu)
             }
@@ -522,14 +527,14 @@ mod cli {
     mod bench {
         use super::*;
 
-        pub fn kernels(shape: &str, prompt_tokens: usize, json: bool, args: GpuArgs) -> anyhow::Result<()> {
+        pub fn kernels(shape: &str, only: Option<&str>, prompt_tokens: usize, json: bool, args: GpuArgs) -> anyhow::Result<()> {
             let spec = tiny::REAL_SHAPES
                 .into_iter()
                 .chain([tiny::TINY])
                 .find(|s| s.name == shape)
                 .with_context(|| format!("no shape `{shape}` (1_8b, 7b, 20b, tiny)"))?;
             let gpu = args.open()?;
-            let rows = puyu::bench::kernels(&gpu, &spec.config(), prompt_tokens.min(64), 4096)?;
+            let rows = puyu::bench::kernels(&gpu, &spec.config(), prompt_tokens.min(64), 4096, only)?;
             if json {
                 let out = serde_json::json!({ "adapter": gpu.describe(), "shape": shape, "kernels": rows });
                 println!("{}", serde_json::to_string_pretty(&out)?);

@@ -105,7 +105,7 @@ pub struct GpuOptions {
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { context: 4096, chunk: 128, weight_binding_limit: None, matmul: Schedule::Auto, prefill_tile: 4 }
+        GpuOptions { context: 4096, chunk: 128, weight_binding_limit: None, matmul: Schedule::Auto, prefill_tile: 8 }
     }
 }
 
