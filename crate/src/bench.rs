@@ -3,7 +3,8 @@
 //!
 //! A run prefills `prompt_tokens` fixed pseudo-random ids (the first token and the time to it
 //! come from that step: the GPU samples greedily and 4 bytes come back) and then decodes
-//! `gen_tokens` tokens one step at a time. The KV cache is emptied between repeats.
+//! `gen_tokens` tokens one step at a time. The KV cache is emptied between repeats; an
+//! untimed warm-up step first compiles the pipelines.
 
 use std::time::Instant;
 
@@ -57,6 +58,10 @@ pub fn prompt(len: usize, vocab: usize) -> Vec<u32> {
 /// Times `repeat` runs of prefill + decode on `engine`.
 pub fn run(engine: &mut GpuModel, prompt_tokens: usize, gen_tokens: usize, repeat: usize) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
     let ids = prompt(prompt_tokens.max(1), engine.config.vocab_size);
+    // Warm-up, untimed: the first use of each pipeline compiles it on some drivers.
+    engine.reset();
+    let next = pollster::block_on(engine.forward_greedy(&ids[..ids.len().min(2)]))?;
+    pollster::block_on(engine.forward_greedy(&[next]))?;
     let (mut prefill, mut decode, mut ttft) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..repeat.max(1) {
         engine.reset();

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod chat;
 pub mod config;
+pub mod conversation;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod convert;
 pub mod error;

@@ -71,22 +71,32 @@ mod cli {
             system: Option<String>,
             #[arg(long, default_value_t = 128)]
             max_tokens: usize,
-            /// 0 is greedy.
-            #[arg(long, default_value_t = 0.8)]
-            temperature: f32,
-            /// 0 keeps every token.
-            #[arg(long, default_value_t = 50)]
-            top_k: usize,
-            #[arg(long, default_value_t = 0.8)]
-            top_p: f32,
-            #[arg(long, default_value_t = 1.0)]
-            repeat_penalty: f32,
-            /// Random seed (default: from the clock, printed with the statistics).
-            #[arg(long)]
-            seed: Option<u64>,
+            #[command(flatten)]
+            sampling: SamplingArgs,
             /// Where to compute: `gpu` (WebGPU kernels) or `cpu` (the f32 reference).
             #[arg(long, value_enum, default_value_t = Device::Gpu)]
             device: Device,
+            #[command(flatten)]
+            gpu: GpuArgs,
+        },
+        /// Chat in the terminal with InternLM2-Chat's template: answers stream as they are
+        /// generated, the KV cache is kept across turns. Ctrl-C stops an answer; `/reset`
+        /// starts a new conversation; `/exit` (or end of input) quits.
+        Chat {
+            /// A puyu model folder, an HF InternLM2 folder, or a bundled tiny model.
+            #[arg(long, default_value = "tiny")]
+            model: String,
+            /// The system prompt (default: InternLM2-Chat's; an empty string for none).
+            #[arg(long)]
+            system: Option<String>,
+            /// Most tokens per answer.
+            #[arg(long, default_value_t = 512)]
+            max_tokens: usize,
+            /// KV-cache capacity in tokens: the whole conversation must fit.
+            #[arg(long, default_value_t = 4096)]
+            context: usize,
+            #[command(flatten)]
+            sampling: SamplingArgs,
             #[command(flatten)]
             gpu: GpuArgs,
         },
@@ -234,6 +244,154 @@ mod cli {
         }
     }
 
+    /// How the next token is chosen.
+    #[derive(clap::Args, Clone, Copy)]
+    struct SamplingArgs {
+        /// 0 is greedy.
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f32,
+        /// 0 keeps every token.
+        #[arg(long, default_value_t = 50)]
+        top_k: usize,
+        #[arg(long, default_value_t = 0.8)]
+        top_p: f32,
+        #[arg(long, default_value_t = 1.0)]
+        repeat_penalty: f32,
+        /// Random seed (default: from the clock, printed with the statistics).
+        #[arg(long)]
+        seed: Option<u64>,
+    }
+
+    impl SamplingArgs {
+        fn params(&self) -> anyhow::Result<SamplingParams> {
+            let seed = self.seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64)
+            });
+            let p = SamplingParams {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                repeat_penalty: self.repeat_penalty,
+                seed,
+                ..Default::default()
+            };
+            p.validate().map_err(anyhow::Error::msg)?;
+            Ok(p)
+        }
+    }
+
+    /// `puyu chat`: read a line, stream the answer, print a summary; Ctrl-C stops an answer.
+    mod chat_loop {
+        use super::*;
+        use std::io::BufRead;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+
+        use puyu::conversation::Conversation;
+
+        pub fn run(model: &str, system: Option<String>, max_tokens: usize, context: usize, sampling: SamplingParams, args: GpuArgs) -> anyhow::Result<()> {
+            let tokenizer = load_tokenizer(model)?;
+            let (mut engine, _keep) = load_gpu_with_context(model, args, |_| context)?;
+            let system = match system {
+                None => System::Default,
+                Some(s) if s.is_empty() => System::None,
+                Some(s) => System::Custom(s),
+            };
+            let mut conversation = Conversation::new(Template { system, ..Default::default() });
+            let mut stop_ids = engine.config.eos_token_ids.clone();
+            stop_ids.extend(chat::STOP_IDS);
+            let mut options = GenerateOptions {
+                max_tokens,
+                stop_ids,
+                stop_strings: chat::STOP_STRINGS.map(String::from).to_vec(),
+                sampling: sampling.clone(),
+            };
+            // Ctrl-C during an answer stops it; at the prompt it quits.
+            let generating = Arc::new(AtomicBool::new(false));
+            let interrupted = Arc::new(AtomicBool::new(false));
+            {
+                let (generating, interrupted) = (generating.clone(), interrupted.clone());
+                ctrlc::set_handler(move || {
+                    if generating.load(Ordering::SeqCst) {
+                        interrupted.store(true, Ordering::SeqCst);
+                    } else {
+                        std::process::exit(130);
+                    }
+                })?;
+            }
+            eprintln!("puyu chat: {model} on {} ({} tokens of context). /reset, /exit; Ctrl-C stops an answer.", engine.describe(), engine.context);
+            let stdin = std::io::stdin();
+            let mut lines = stdin.lock().lines();
+            let mut turn = 0u64;
+            loop {
+                eprint!("> ");
+                let Some(line) = lines.next().transpose()? else { break };
+                let text = line.trim();
+                match text {
+                    "" => continue,
+                    "/exit" | "/quit" => break,
+                    "/reset" => {
+                        conversation.reset();
+                        engine.reset();
+                        eprintln!("(new conversation)");
+                        continue;
+                    }
+                    _ => {}
+                }
+                let ids = conversation.user(&tokenizer, text)?;
+                // A different draw each turn, reproducible from the seed.
+                options.sampling.seed = sampling.seed.wrapping_add(turn);
+                turn += 1;
+                let budget = engine.context.saturating_sub(engine.len + ids.len()).saturating_add(1);
+                options.max_tokens = max_tokens.min(budget);
+                if options.max_tokens == 0 {
+                    eprintln!("(the conversation fills the {}-token context: /reset to start a new one)", engine.context);
+                    continue;
+                }
+                interrupted.store(false, Ordering::SeqCst);
+                generating.store(true, Ordering::SeqCst);
+                let start = Instant::now();
+                let mut first = None;
+                let mut stdout = std::io::stdout().lock();
+                let out = generate_blocking(&mut engine, &tokenizer, &ids, &options, |_, text| {
+                    first.get_or_insert_with(Instant::now);
+                    let _ = stdout.write_all(text.as_bytes());
+                    let _ = stdout.flush();
+                    if interrupted.load(Ordering::SeqCst) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+                });
+                generating.store(false, Ordering::SeqCst);
+                let out = out?;
+                let _ = writeln!(stdout);
+                drop(stdout);
+                let reply = chat::parse_reply(&out.text);
+                for call in &reply.tool_calls {
+                    eprintln!("[tool call] {} {}", call.name, call.arguments);
+                }
+                if let Some(code) = &reply.code {
+                    eprintln!("[interpreter code]\n{code}");
+                }
+                conversation.assistant(&out.ids, &out.text);
+                let end = Instant::now();
+                let first = first.unwrap_or(end);
+                let (prefill, decode) = (first.duration_since(start).as_secs_f64(), end.duration_since(first).as_secs_f64());
+                eprintln!(
+                    "[prompt {} tokens, {:.1} tok/s | generated {} tokens, {:.1} tok/s | first token {:.0} ms | {:?} | context {}/{}]",
+                    ids.len(),
+                    ids.len() as f64 / prefill.max(1e-9),
+                    out.ids.len(),
+                    out.ids.len().saturating_sub(1) as f64 / decode.max(1e-9),
+                    prefill * 1e3,
+                    out.finish,
+                    engine.len,
+                    engine.context,
+                );
+            }
+            Ok(())
+        }
+    }
+
     /// Where and how the GPU engine runs.
     #[derive(clap::Args, Clone, Copy)]
     struct GpuArgs {
@@ -342,34 +500,21 @@ mod cli {
                 );
                 Ok(())
             }
+            Command::Chat { model, system, max_tokens, context, sampling, gpu } => {
+                chat_loop::run(&model, system, max_tokens, context, sampling.params()?, gpu)
+            }
             Command::Run {
                 model,
                 prompt,
                 chat,
                 system,
                 max_tokens,
-                temperature,
-                top_k,
-                top_p,
-                repeat_penalty,
-                seed,
+                sampling,
                 device,
                 gpu: gpu_args,
             } => {
-                let seed = seed.unwrap_or_else(|| {
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_nanos() as u64)
-                });
-                let sampling = SamplingParams {
-                    temperature,
-                    top_k,
-                    top_p,
-                    repeat_penalty,
-                    seed,
-                    ..Default::default()
-                };
-                sampling.validate().map_err(anyhow::Error::msg)?;
+                let sampling = sampling.params()?;
+                let seed = sampling.seed;
                 let tokenizer = load_tokenizer(&model)?;
                 let ids = if chat {
                     let system = match system {
@@ -592,7 +737,7 @@ mod cli {
             row("time to first token", r.time_to_first_token_ms, "ms");
             let mb = |b: u64| b as f64 / 1e6;
             let m = r.memory_bytes;
-            println!("{:<22} {:>10.1} MB weights, {:.1} MB KV cache, {:.1} MB scratch", "GPU memory", mb(m.weights), mb(m.kv_cache), mb(m.scratch));
+            println!("{:<22} {:>10.1} MB weights, {:.2} MB KV cache, {:.1} MB scratch", "GPU memory", mb(m.weights), mb(m.kv_cache), mb(m.scratch));
             Ok(())
         }
     }
@@ -623,10 +768,19 @@ mod cli {
     /// (kept alive by the returned guard): f16 for tiny, so that it matches the CPU reference,
     /// q4 for HF folders.
     fn load_gpu(model: &str, args: GpuArgs, tokens: usize) -> anyhow::Result<(GpuModel, Option<tempfile::TempDir>)> {
+        load_gpu_with_context(model, args, |config| tokens.max(config.max_position_embeddings.min(4096)))
+    }
+
+    /// As [`load_gpu`], with the KV-cache capacity chosen from the model's config.
+    fn load_gpu_with_context(
+        model: &str,
+        args: GpuArgs,
+        context: impl FnOnce(&puyu::ModelConfig) -> usize,
+    ) -> anyhow::Result<(GpuModel, Option<tempfile::TempDir>)> {
         let (dir, keep) = model_dir(model)?;
         let dir = ModelDir::open(&dir, false)?;
         let gpu = args.open()?;
-        let context = tokens.max(dir.config.max_position_embeddings.min(4096));
+        let context = context(&dir.config);
         let options = puyu::gpu::model::GpuOptions { context, ..Default::default() };
         let engine = GpuModel::new(gpu, dir.config.clone(), &dir.manifest, |b| dir.blob(b).map(<[u8]>::to_vec), &options)?;
         Ok((engine, keep))

@@ -258,3 +258,44 @@ fn bench_json_has_every_field() {
     assert!(rows.iter().any(|r| r["kernel"] == "matmul output") && rows.iter().any(|r| r["kernel"] == "attention attend"), "{v}");
     assert!(rows.iter().all(|r| r["gb_per_s"].as_f64().unwrap() > 0.0));
 }
+
+/// `puyu chat` driven through stdin: two turns, the second feeding only its new tokens (the
+/// first reply's last token, the end of that turn and the new user turn) to the cache the
+/// first left; `/reset` starts over with the whole template again; `/exit` quits.
+#[test]
+fn chat_keeps_the_cache_across_turns() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_puyu"))
+        .args(["chat", "--temperature", "0", "--max-tokens", "5", "--context", "256"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all("你好\nmore\n/reset\n你好\n/exit\n".as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    // Summaries follow the "> " prompt on the same stderr line.
+    let summaries: Vec<&str> = err.lines().filter_map(|l| l.find("[prompt ").map(|at| &l[at..])).collect();
+    assert_eq!(summaries.len(), 3, "{err}");
+    let prompt_tokens = |l: &str| -> usize { l["[prompt ".len()..].split(' ').next().unwrap().parse().unwrap() };
+
+    let t = puyu::Tokenizer::from_sentencepiece(puyu::tiny::TOKENIZER_MODEL).unwrap();
+    let first = puyu::chat::Template::default().encode(&t, &[puyu::chat::Message::user("你好")]).unwrap().len();
+    assert_eq!(prompt_tokens(summaries[0]), first, "{err}");
+    // The reply's last token + "<|im_end|>\n<|im_start|>user\nmore<|im_end|>\n<|im_start|>assistant\n"
+    // (less its <|im_end|> when the reply ended with one).
+    let turn = t.encode("<|im_end|>\n<|im_start|>user\nmore<|im_end|>\n<|im_start|>assistant\n", false).unwrap().len();
+    let second = if summaries[0].contains("| Stop |") { turn } else { 1 + turn };
+    assert_eq!(prompt_tokens(summaries[1]), second, "{err}");
+    assert_eq!(prompt_tokens(summaries[2]), first, "after /reset: {err}");
+    // Greedy: the same first turn gives the same answer A after the reset. stdout is
+    // A \n B \n A \n (answers may hold newlines themselves).
+    let s = String::from_utf8(out.stdout.clone()).unwrap();
+    let same = (1..s.len() / 2)
+        .filter(|&i| s.is_char_boundary(i))
+        .any(|i| s[i..].starts_with('\n') && s.ends_with(&format!("\n{}\n", &s[..i])));
+    assert!(same, "{s:?}");
+    assert!(err.contains("(new conversation)") && summaries[0].contains("context 107/256"), "{err}");
+}
