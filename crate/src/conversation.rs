@@ -46,6 +46,13 @@ impl Conversation {
         Ok(ids)
     }
 
+    /// Takes back the last user turn (it was not run: it did not fit the context).
+    pub fn undo_user(&mut self) {
+        if self.messages.last().is_some_and(|m| m.role == crate::chat::Role::User) {
+            self.messages.pop();
+        }
+    }
+
     /// Records the reply to the last user turn: its sampled ids (a stop id included) and text.
     pub fn assistant(&mut self, ids: &[u32], text: &str) {
         self.messages.push(Message::assistant(text));

@@ -73,6 +73,12 @@ pub enum Error {
     OutputExists { dir: String },
     #[error("{dir} has neither tokenizer.json nor tokenizer.model")]
     MissingTokenizer { dir: String },
+    #[error(
+        "model `{model}` is not a folder, a bundled model (tiny, tiny-ntk), or a model in the local \
+         Hugging Face cache ({looked_in}); puyu never downloads: fetch it with \
+         `huggingface-cli download {model}` (or `hf download {model}`), or give a folder"
+    )]
+    ModelNotFound { model: String, looked_in: String },
 
     // ---- tokenizer ----
     #[error("tokenizer: {0}")]

@@ -16,6 +16,8 @@ pub mod error;
 pub mod generate;
 pub mod gpu;
 pub mod model_dir;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod model_lookup;
 pub mod perplexity;
 pub mod quant;
 pub mod reference;

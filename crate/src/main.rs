@@ -25,6 +25,7 @@ mod cli {
     use puyu::gpu::model::GpuModel;
     use puyu::model_dir::ModelDir;
     use puyu::sampling::SamplingParams;
+    use puyu::model_lookup::{self, Found};
     use puyu::{gpu, perplexity, reference, tiny, Tokenizer};
 
     #[derive(Parser)]
@@ -341,6 +342,12 @@ mod cli {
                     _ => {}
                 }
                 let ids = conversation.user(&tokenizer, text)?;
+                if engine.len + ids.len() > engine.context {
+                    let err = puyu::Error::ContextFull { needed: engine.len + ids.len(), context: engine.context };
+                    eprintln!("error: {err}; /reset starts a new conversation (or raise --context)");
+                    conversation.undo_user();
+                    continue;
+                }
                 // A different draw each turn, reproducible from the seed.
                 options.sampling.seed = sampling.seed.wrapping_add(turn);
                 turn += 1;
@@ -742,25 +749,20 @@ mod cli {
         }
     }
 
-    /// A tiny model by name, else an HF folder.
+    /// A tiny model by name, else a folder (puyu or HF) or an HF model id in the hub cache.
     fn load_reference(model: &str) -> anyhow::Result<reference::Model> {
-        if let Some(spec) = tiny::TinySpec::by_name(model) {
-            return Ok(puyu::tiny_reference(&spec)?);
+        match model_lookup::find(model)? {
+            Found::Tiny(spec) => Ok(puyu::tiny_reference(&spec)?),
+            Found::Path(dir) => Ok(puyu::load_reference(&dir)?),
         }
-        let dir = PathBuf::from(model);
-        if !dir.is_dir() {
-            bail!("model `{model}` is neither a folder nor a bundled model (tiny, tiny-ntk)");
-        }
-        Ok(puyu::load_reference(&dir)?)
     }
 
     /// The config of a bundled tiny model or a folder (puyu or HF).
     fn load_config(model: &str) -> anyhow::Result<puyu::ModelConfig> {
-        if let Some(spec) = tiny::TinySpec::by_name(model) {
-            return Ok(spec.config());
+        match model_lookup::find(model)? {
+            Found::Tiny(spec) => Ok(spec.config()),
+            Found::Path(dir) => Ok(puyu::ModelConfig::from_file(&dir.join("config.json"))?),
         }
-        let path = PathBuf::from(model).join("config.json");
-        Ok(puyu::ModelConfig::from_file(&path)?)
     }
 
     /// The model on the GPU with room for `tokens` in its KV cache. A puyu folder loads as it
@@ -786,46 +788,45 @@ mod cli {
         Ok((engine, keep))
     }
 
-    /// The puyu model folder for `model`: itself, or a bundled tiny model or an HF folder
-    /// converted into a temporary folder (kept alive by the returned guard): f16 for tiny,
-    /// so that it matches the CPU reference, q4 for HF folders.
+    /// The puyu model folder for `model`: itself; a bundled tiny model converted to f16 (so
+    /// that it matches the CPU reference) into a temporary folder kept alive by the returned
+    /// guard; or an HF folder or hub-cache id converted to q4 once into puyu's cache.
     fn model_dir(model: &str) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
-        let mut keep = None;
-        let dir = if ModelDir::is_model_dir(std::path::Path::new(model)) {
-            PathBuf::from(model)
-        } else {
-            let tmp = tempfile::tempdir()?;
-            let (hf, quant) = match tiny::TinySpec::by_name(model) {
-                Some(spec) => {
-                    spec.write_hf_dir(&tmp.path().join("hf"))?;
-                    (tmp.path().join("hf"), puyu::quant::Quant::F16)
-                }
-                None if PathBuf::from(model).is_dir() => {
-                    eprintln!("converting {model} to q4 in a temporary folder (use `puyu convert` to keep one)");
-                    (PathBuf::from(model), puyu::quant::Quant::Q4)
-                }
-                None => bail!("model `{model}` is neither a folder nor a bundled model (tiny, tiny-ntk)"),
-            };
-            let out = tmp.path().join("model");
-            let opts = puyu::convert::ConvertOptions { quant, ..Default::default() };
-            puyu::convert::convert(&hf, &out, &opts, |_, _| {})?;
-            keep = Some(tmp);
-            out
+        let convert = |hf: &std::path::Path, out: &std::path::Path, quant| -> anyhow::Result<()> {
+            let opts = puyu::convert::ConvertOptions { quant, force: true, ..Default::default() };
+            puyu::convert::convert(hf, out, &opts, |_, _| {})?;
+            Ok(())
         };
-        Ok((dir, keep))
+        match model_lookup::find(model)? {
+            Found::Tiny(spec) => {
+                let tmp = tempfile::tempdir()?;
+                spec.write_hf_dir(&tmp.path().join("hf"))?;
+                let out = tmp.path().join("model");
+                convert(&tmp.path().join("hf"), &out, puyu::quant::Quant::F16)?;
+                Ok((out, Some(tmp)))
+            }
+            Found::Path(dir) if ModelDir::is_model_dir(&dir) => Ok((dir, None)),
+            Found::Path(dir) => {
+                let out = model_lookup::converted_dir(&dir, puyu::quant::Quant::Q4);
+                if ModelDir::is_model_dir(&out) {
+                    eprintln!("using {} (converted from {} earlier)", out.display(), dir.display());
+                } else {
+                    eprintln!("converting {} to q4 into {} (once; later runs reuse it)", dir.display(), out.display());
+                    std::fs::create_dir_all(out.parent().expect("a cache subfolder"))?;
+                    convert(&dir, &out, puyu::quant::Quant::Q4)?;
+                }
+                Ok((out, None))
+            }
+        }
     }
 
-    /// The tokenizer of a bundled tiny model (the real InternLM2 one), a model folder, or a
-    /// tokenizer.model / tokenizer.json file.
+    /// The tokenizer of a bundled tiny model (the real InternLM2 one), a model folder (or HF
+    /// model id), or a tokenizer.model / tokenizer.json file.
     fn load_tokenizer(model: &str) -> anyhow::Result<Tokenizer> {
-        if tiny::TinySpec::by_name(model).is_some() {
-            return Ok(Tokenizer::from_sentencepiece(tiny::TOKENIZER_MODEL)?);
+        match model_lookup::find(model)? {
+            Found::Tiny(_) => Ok(Tokenizer::from_sentencepiece(tiny::TOKENIZER_MODEL)?),
+            Found::Path(path) => Ok(Tokenizer::open(&path)?),
         }
-        let path = PathBuf::from(model);
-        if !path.exists() {
-            bail!("model `{model}` is neither a folder, a tokenizer file nor a bundled model (tiny, tiny-ntk)");
-        }
-        Ok(Tokenizer::open(&path)?)
     }
 
     fn parse_ids(text: &str) -> anyhow::Result<Vec<u32>> {

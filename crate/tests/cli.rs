@@ -299,3 +299,48 @@ fn chat_keeps_the_cache_across_turns() {
     assert!(same, "{s:?}");
     assert!(err.contains("(new conversation)") && summaries[0].contains("context 107/256"), "{err}");
 }
+
+/// `--model org/name` finds the model offline in the Hugging Face hub cache (HF_HUB_CACHE),
+/// converts it once into puyu's cache and reuses it; an id that is not there says how to get
+/// it; a chat prompt over the context is a named error and the chat goes on.
+#[test]
+fn model_lookup_in_the_hf_cache() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = root.path().join("hub");
+    let snapshot = hub.join("models--internlm--tiny-test/snapshots/0123abcd");
+    assert!(puyu(&["dev", "write-tiny", "tiny", snapshot.to_str().unwrap()]).status.success());
+    std::fs::create_dir_all(hub.join("models--internlm--tiny-test/refs")).unwrap();
+    std::fs::write(hub.join("models--internlm--tiny-test/refs/main"), "0123abcd").unwrap();
+    let run = |model: &str| {
+        Command::new(env!("CARGO_BIN_EXE_puyu"))
+            .args(["run", "--model", model, "--prompt", "Hello", "--temperature", "0", "--max-tokens", "3"])
+            .env("HF_HUB_CACHE", &hub)
+            .env("PUYU_CACHE", root.path().join("puyu-cache"))
+            .output()
+            .unwrap()
+    };
+    let first = run("internlm/tiny-test");
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(stderr(&first).contains("converting") && stderr(&first).contains("internlm_tiny-test-q4"), "{}", stderr(&first));
+    let second = run("internlm/tiny-test");
+    assert!(second.status.success() && stderr(&second).contains("converted from"), "{}", stderr(&second));
+    assert_eq!(first.stdout, second.stdout);
+
+    let missing = run("internlm/not-there");
+    assert!(!missing.status.success());
+    let err = stderr(&missing);
+    assert!(err.contains("huggingface-cli download internlm/not-there") && err.contains(hub.to_str().unwrap()), "{err}");
+
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_puyu"))
+        .args(["chat", "--temperature", "0", "--max-tokens", "3", "--context", "64"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hello\n/exit\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success() && err.contains("context is full") && !err.contains("[prompt "), "{err}");
+}
