@@ -74,11 +74,10 @@ pub enum Error {
     #[error("{dir} has neither tokenizer.json nor tokenizer.model")]
     MissingTokenizer { dir: String },
     #[error(
-        "model `{model}` is not a folder, a bundled model (tiny, tiny-ntk), or a model in the local \
-         Hugging Face cache ({looked_in}); puyu never downloads: fetch it with \
-         `huggingface-cli download {model}` (or `hf download {model}`), or give a folder"
+        "model `{model}` is neither a folder, a bundled model (tiny, tiny-ntk), nor a model in the \
+         local Hugging Face cache ({looked_in}); {hint}"
     )]
-    ModelNotFound { model: String, looked_in: String },
+    ModelNotFound { model: String, looked_in: String, hint: String },
 
     // ---- tokenizer ----
     #[error("tokenizer: {0}")]

@@ -29,7 +29,12 @@ mod cli {
     use puyu::{gpu, perplexity, reference, tiny, Tokenizer};
 
     #[derive(Parser)]
-    #[command(name = "puyu", version, about = "InternLM2 (书生·浦语 2.0) on WebGPU")]
+    #[command(
+        name = "puyu",
+        version,
+        about = "InternLM2 (书生·浦语 2.0) on WebGPU",
+        after_help = "Exit codes: 0 success, 1 failure, 2 bad command line, 3 missing or invalid model or input, 4 no usable GPU, 5 context full."
+    )]
     struct Cli {
         #[command(subcommand)]
         command: Command,
@@ -431,8 +436,20 @@ mod cli {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
-                ExitCode::FAILURE
+                ExitCode::from(exit_code(&e))
             }
+        }
+    }
+
+    /// Exit codes (also in `--help`): 1 any other failure, 2 bad command line (clap), 3 a
+    /// model or input that is missing or invalid, 4 no usable GPU, 5 the context is full.
+    fn exit_code(e: &anyhow::Error) -> u8 {
+        use puyu::Error as E;
+        match e.downcast_ref::<puyu::Error>() {
+            Some(E::NoAdapter { .. } | E::DeviceRequest(_)) => 4,
+            Some(E::ContextFull { .. }) => 5,
+            Some(E::Gpu(_) | E::Io { .. }) | None => 1,
+            Some(_) => 3,
         }
     }
 
@@ -784,7 +801,17 @@ mod cli {
         let gpu = args.open()?;
         let context = context(&dir.config);
         let options = puyu::gpu::model::GpuOptions { context, ..Default::default() };
-        let engine = GpuModel::new(gpu, dir.config.clone(), &dir.manifest, |b| dir.blob(b).map(<[u8]>::to_vec), &options)?;
+        let total: u64 = dir.manifest.shards.iter().map(|s| s.size).sum();
+        let bar = indicatif::ProgressBar::new(total).with_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")?.progress_chars("=> "),
+        );
+        bar.set_message("uploading weights to the GPU");
+        let engine = GpuModel::new(gpu, dir.config.clone(), &dir.manifest, |b| {
+            let bytes = dir.blob(b).map(<[u8]>::to_vec);
+            bar.inc(bytes.as_ref().map_or(0, |v| v.len() as u64));
+            bytes
+        }, &options)?;
+        bar.finish_and_clear();
         Ok((engine, keep))
     }
 

@@ -33,7 +33,13 @@ pub fn find(model: &str) -> Result<Found> {
     if let Some(snapshot) = hub_snapshot(&hub, model) {
         return Ok(Found::Path(snapshot));
     }
-    Err(Error::ModelNotFound { model: model.into(), looked_in: hub.display().to_string() })
+    let id_like = model.split('/').count() == 2 && !model.starts_with(['/', '.', '~']);
+    let hint = if id_like {
+        format!("puyu never downloads: fetch it with `huggingface-cli download {model}` (or `hf download {model}`), or give a folder")
+    } else {
+        "there is no such folder".to_string()
+    };
+    Err(Error::ModelNotFound { model: model.into(), looked_in: hub.display().to_string(), hint })
 }
 
 fn home() -> Option<PathBuf> {

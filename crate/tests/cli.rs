@@ -83,6 +83,12 @@ fn bad_input_fails_clearly() {
         let err = stderr(&out);
         assert!(err.contains(needle), "{args:?}: expected `{needle}` in: {err}");
     }
+    // Exit codes that mean something (see `puyu --help`).
+    let code = |args: &[&str]| puyu(args).status.code();
+    assert_eq!(code(&["info", "--backend", "quantum"]), Some(2), "bad command line");
+    assert_eq!(code(&["run", "--model", "/no/such/folder", "--prompt", "x"]), Some(3), "missing model");
+    assert_eq!(code(&["perplexity", "--ids", "[1, 99999999]", "--device", "cpu"]), Some(3), "bad input");
+    assert_eq!(code(&["run", "--prompt", "x", "--temperature=-1"]), Some(1), "an option out of range");
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("config.json"), "{\"model_type\": \"internlm2\"}").unwrap();
