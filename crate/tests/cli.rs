@@ -14,6 +14,21 @@ fn puyu(args: &[&str]) -> Output {
         .expect("the puyu binary runs")
 }
 
+/// `puyu chat --temperature 0 ARGS` with `input` typed on stdin.
+fn chat(args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_puyu"))
+        .args(["chat", "--temperature", "0"])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the puyu binary runs");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -270,16 +285,7 @@ fn bench_json_has_every_field() {
 /// first left; `/reset` starts over with the whole template again; `/exit` quits.
 #[test]
 fn chat_keeps_the_cache_across_turns() {
-    use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_puyu"))
-        .args(["chat", "--temperature", "0", "--max-tokens", "5", "--context", "256"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all("你好\nmore\n/reset\n你好\n/exit\n".as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = chat(&["--max-tokens", "5", "--context", "256"], "你好\nmore\n/reset\n你好\n/exit\n");
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     // Summaries follow the "> " prompt on the same stderr line.
@@ -337,16 +343,7 @@ fn model_lookup_in_the_hf_cache() {
     let err = stderr(&missing);
     assert!(err.contains("huggingface-cli download internlm/not-there") && err.contains(hub.to_str().unwrap()), "{err}");
 
-    use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_puyu"))
-        .args(["chat", "--temperature", "0", "--max-tokens", "3", "--context", "64"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"hello\n/exit\n").unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = chat(&["--max-tokens", "3", "--context", "64"], "hello\n/exit\n");
     let err = stderr(&out);
     assert!(out.status.success() && err.contains("context is full") && !err.contains("[prompt "), "{err}");
 }
