@@ -39,19 +39,16 @@ pub fn convert(
     hf_dir: &Path,
     out_dir: &Path,
     options: &ConvertOptions,
-    mut progress: impl FnMut(u64, u64),
+    progress: impl FnMut(u64, u64),
 ) -> Result<Manifest> {
     let config_path = hf_dir.join("config.json");
     let config_text = std::fs::read(&config_path).map_err(|e| Error::io(&config_path, e))?;
     let config = ModelConfig::from_file(&config_path)?;
     let ckpt = Checkpoint::open_dir(hf_dir)?;
     let tokenizer = open_tokenizer(hf_dir)?;
-    if out_dir.exists() && !options.force && !is_empty_dir(out_dir)? {
-        return Err(Error::OutputExists { dir: out_dir.display().to_string() });
-    }
+    check_output(out_dir, options)?;
 
     // Every tensor checked before a byte is written.
-    let mut tensors = Vec::new();
     let mut sources = Vec::new();
     for (name, shape) in expected_tensors(&config) {
         let source = if name == "output.weight" && config.tie_word_embeddings && !ckpt.contains("output.weight") {
@@ -66,11 +63,64 @@ pub fn convert(
         if to_f32(t.dtype, &[]).is_none() {
             return Err(Error::WrongDtype { name, dtype: format!("{:?}", t.dtype) });
         }
-        let quant = storage_quant(&shape, options.quant);
-        tensors.push((name, shape, quant));
         sources.push(source);
     }
-    let (mut manifest, plans) = plan(&tensors, options.quant, &config, options.max_shard_bytes)?;
+    let rows = |tensor: usize, rows: std::ops::Range<usize>, cols: usize| -> Result<Vec<f32>> {
+        let src = ckpt.tensor(&sources[tensor])?;
+        let elem = src.data.len() / (src.shape.iter().product::<usize>()).max(1);
+        let bytes = rows.start * cols * elem..rows.end * cols * elem;
+        let x = to_f32(src.dtype, &src.data[bytes.clone()]).expect("dtype checked");
+        ckpt.release(&sources[tensor], bytes);
+        Ok(x)
+    };
+    write_model(&config, &config_text, &tokenizer, out_dir, options, rows, progress)
+}
+
+/// Writes a random-weight model with the real shapes of `spec` (1_8b, 7b, 20b) straight into
+/// a puyu folder, for speed and memory measurements without real weights (never commit
+/// them). The values are the bf16 values `TinySpec::write_hf_sharded` draws from the same
+/// distributions, from a stream seeded per block of rows.
+pub fn write_random(spec: &crate::tiny::TinySpec, out_dir: &Path, options: &ConvertOptions, progress: impl FnMut(u64, u64)) -> Result<Manifest> {
+    check_output(out_dir, options)?;
+    let config_text = spec.config_json();
+    let config = ModelConfig::from_json_str(&config_text)?;
+    let tokenizer = Tokenizer::from_sentencepiece(crate::tiny::TOKENIZER_MODEL)?;
+    let draws = spec.draws();
+    let names: Vec<String> = expected_tensors(&config).into_iter().map(|(n, _)| n).collect();
+    let rows = |tensor: usize, rows: std::ops::Range<usize>, cols: usize| {
+        let name = &names[tensor];
+        let &(t, centre, spread) = draws.get(name).ok_or_else(|| Error::MissingTensor { name: name.clone() })?;
+        Ok(crate::tiny::random_rows(spec.seed, t, centre, spread, rows, cols))
+    };
+    write_model(&config, config_text.as_bytes(), &tokenizer, out_dir, options, rows, progress)
+}
+
+fn check_output(out_dir: &Path, options: &ConvertOptions) -> Result<()> {
+    if out_dir.exists() && !options.force && !is_empty_dir(out_dir)? {
+        return Err(Error::OutputExists { dir: out_dir.display().to_string() });
+    }
+    Ok(())
+}
+
+/// Plans and writes a model folder: `rows(tensor, rows, cols)` gives rows of tensor number
+/// `tensor` (in [`expected_tensors`] order) as f32.
+fn write_model(
+    config: &ModelConfig,
+    config_text: &[u8],
+    tokenizer: &Tokenizer,
+    out_dir: &Path,
+    options: &ConvertOptions,
+    rows: impl Fn(usize, std::ops::Range<usize>, usize) -> Result<Vec<f32>>,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<Manifest> {
+    let tensors: Vec<_> = expected_tensors(config)
+        .into_iter()
+        .map(|(name, shape)| {
+            let quant = storage_quant(&shape, options.quant);
+            (name, shape, quant)
+        })
+        .collect();
+    let (mut manifest, plans) = plan(&tensors, options.quant, config, options.max_shard_bytes)?;
 
     let tmp = temp_sibling(out_dir)?;
     let result = (|| {
@@ -85,16 +135,12 @@ pub fn convert(
             for blob in &shard.blobs {
                 let entry = &manifest.tensors[blob.tensor];
                 let part = &entry.parts[blob.part];
-                let src = ckpt.tensor(&sources[blob.tensor])?;
                 let (_, cols) = matrix_dims(&entry.shape);
-                let elem = src.data.len() / entry.shape.iter().product::<usize>();
                 let block_rows = (BLOCK_BYTES / (cols * 4)).max(1);
                 let mut row = part.rows[0];
                 while row < part.rows[1] {
                     let end = part.rows[1].min(row + block_rows);
-                    let bytes = row * cols * elem..end * cols * elem;
-                    let x = to_f32(src.dtype, &src.data[bytes.clone()]).expect("dtype checked");
-                    ckpt.release(&sources[blob.tensor], bytes);
+                    let x = rows(blob.tensor, row..end, cols)?;
                     let (mut data, mut scales) = (Vec::new(), Vec::new());
                     entry.quant.quantize(&x, cols, &mut data, &mut scales);
                     let bytes = if blob.scales { scales } else { data };
@@ -110,7 +156,7 @@ pub fn convert(
             let path = tmp.join(name);
             std::fs::write(&path, bytes).map_err(|e| Error::io(path, e))
         };
-        write("config.json", &config_text)?;
+        write("config.json", config_text)?;
         write("tokenizer.json", tokenizer.to_json()?.as_bytes())?;
         let json = serde_json::to_string_pretty(&manifest).expect("serialisable");
         write("manifest.json", json.as_bytes())?;

@@ -185,9 +185,15 @@ mod cli {
         /// Write a bundled tiny checkpoint as an HF folder (config.json, model.safetensors,
         /// tokenizer.model).
         WriteTiny { name: String, dir: PathBuf },
-        /// Write a random-weight HF checkpoint with real shapes (1_8b, 7b, 20b), bf16 shards of
-        /// 2 GiB with an index, for benchmarks. Never commit these.
-        WriteRandom { shape: String, dir: PathBuf },
+        /// Write a random-weight model with real shapes (1_8b, 7b, 20b) for benchmarks: an HF
+        /// checkpoint (bf16 shards of 2 GiB with an index), or with --quant straight to a puyu
+        /// folder. Never commit these.
+        WriteRandom {
+            shape: String,
+            dir: PathBuf,
+            #[arg(long, value_parser = ["q4", "q8", "f16"])]
+            quant: Option<String>,
+        },
         /// Encoding speed on a text file (tokens/s), for comparison with sentencepiece.
         BenchTokenizer {
             file: PathBuf,
@@ -662,7 +668,7 @@ mod cli {
                 Ok(())
             }
             Command::Dev {
-                tool: DevTool::WriteRandom { shape, dir },
+                tool: DevTool::WriteRandom { shape, dir, quant },
             } => {
                 let spec = tiny::REAL_SHAPES
                     .into_iter()
@@ -673,10 +679,17 @@ mod cli {
                         .progress_chars("=> "),
                 );
                 bar.set_message(format!("writing random {shape}"));
-                spec.write_hf_sharded(&dir, |done, total| {
+                let progress = |done, total| {
                     bar.set_length(total);
                     bar.set_position(done);
-                })?;
+                };
+                match quant {
+                    Some(q) => {
+                        let options = puyu::convert::ConvertOptions { quant: q.parse().map_err(anyhow::Error::msg)?, ..Default::default() };
+                        puyu::convert::write_random(&spec, &dir, &options, progress)?;
+                    }
+                    None => spec.write_hf_sharded(&dir, progress)?,
+                }
                 bar.finish_and_clear();
                 eprintln!("wrote random {shape} to {}", dir.display());
                 Ok(())

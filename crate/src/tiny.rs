@@ -248,6 +248,22 @@ impl TinySpec {
     }
 }
 
+impl TinySpec {
+    /// For each tensor: (its index in generation order, centre, spread).
+    pub fn draws(&self) -> std::collections::HashMap<String, (usize, f64, f64)> {
+        self.tensor_specs().into_iter().enumerate().map(|(t, (name, _, c, s))| (name, (t, c, s))).collect()
+    }
+}
+
+/// Rows `rows` (of `cols` values) of tensor number `tensor` of a random model, as bf16
+/// values in f32: centre + spread·N(0,1) from a stream seeded by (seed, tensor, first row),
+/// so any block of rows can be drawn alone (`puyu dev write-random SHAPE DIR --quant q4`
+/// draws them block by block straight into a puyu folder).
+pub fn random_rows(seed: u64, tensor: usize, centre: f64, spread: f64, rows: std::ops::Range<usize>, cols: usize) -> Vec<f32> {
+    let mut rng = Rng(seed ^ (tensor as u64).wrapping_mul(0xa076_1d64_78bd_642f) ^ (rows.start as u64).wrapping_mul(0xe703_7ed1_a0b4_28db));
+    (0..rows.len() * cols).map(|_| bf16::from_f64(centre + spread * rng.normal()).to_f32()).collect()
+}
+
 /// SplitMix64, with normals from a sum of four uniforms (Irwin–Hall, rescaled to unit
 /// variance): only +,−,× on f64, so the stream is identical on every platform.
 struct Rng(u64);

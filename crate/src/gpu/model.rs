@@ -522,10 +522,12 @@ impl GpuModel {
             params[at..at + 32].copy_from_slice(bytemuck::cast_slice(&p));
         }
         if let Some(d) = draw {
-            q.write_buffer(&self.recent, 0, bytemuck::cast_slice(&d.recent));
+            // Most recent first: past the buffer's capacity (the context) only older ones go.
+            let recent = &d.recent[..d.recent.len().min(self.context)];
+            q.write_buffer(&self.recent, 0, bytemuck::cast_slice(recent));
             let last_row = (rows.max(1) - 1) as u32;
             let p: [u32; 8] = [
-                c.vocab_size as u32, last_row, d.top_k, d.recent.len() as u32,
+                c.vocab_size as u32, last_row, d.top_k, recent.len() as u32,
                 d.temperature.to_bits(), d.top_p.to_bits(), d.penalty.to_bits(), d.u.to_bits(),
             ];
             let at = self.steps.len() * SLOT as usize;
