@@ -102,6 +102,13 @@ pub enum Error {
     NoAdapter { detail: String },
     #[error("GPU device request failed: {0}")]
     DeviceRequest(String),
+    #[error(
+        "the GPU's {limit} is {available} bytes, but {what} needs {needed}; use a shorter context, \
+         a smaller model or a device with larger limits"
+    )]
+    DeviceLimits { limit: &'static str, what: String, needed: u64, available: u64 },
+    #[error("the GPU device was lost ({reason}); load the model again")]
+    DeviceLost { reason: String },
     #[error("GPU error: {0}")]
     Gpu(String),
 }

@@ -452,7 +452,7 @@ mod cli {
     fn exit_code(e: &anyhow::Error) -> u8 {
         use puyu::Error as E;
         match e.downcast_ref::<puyu::Error>() {
-            Some(E::NoAdapter { .. } | E::DeviceRequest(_)) => 4,
+            Some(E::NoAdapter { .. } | E::DeviceRequest(_) | E::DeviceLimits { .. } | E::DeviceLost { .. }) => 4,
             Some(E::ContextFull { .. }) => 5,
             Some(E::Gpu(_) | E::Io { .. }) | None => 1,
             Some(_) => 3,

@@ -314,3 +314,22 @@ fn generator_iterates_and_cancels() {
     drop(g);
     assert_eq!(gpu.cached_tokens(), prompt.len() + 3, "nothing ran after the cancel");
 }
+
+/// A KV cache too big for one storage binding is a named error before any allocation, and a
+/// lost device (destroyed here) fails the next step with DeviceLost instead of a panic.
+#[test]
+fn device_limits_and_loss_are_named_errors() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = folder(TINY, Quant::Q4, root.path());
+    let gpu = pollster::block_on(puyu::gpu::Gpu::new(wgpu::Backends::all())).unwrap();
+    // 3 M tokens × 2 KV heads × 16 dims × 2 bytes = 192 MB per layer > lavapipe's 128 MiB.
+    let err = GpuModel::new(gpu, dir.config.clone(), &dir.manifest, |b| dir.blob(b).map(<[u8]>::to_vec), &sized(3_000_000, 64)).err().unwrap();
+    assert!(matches!(err, puyu::Error::DeviceLimits { limit: "max_storage_buffer_binding_size", .. }), "{err}");
+
+    let mut gpu = gpu_model(&dir, sized(64, 64));
+    pollster::block_on(gpu.forward(&[1, 2, 3], false)).unwrap();
+    gpu.gpu().device.destroy();
+    let _ = gpu.gpu().device.poll(wgpu::PollType::wait_indefinitely());
+    let err = pollster::block_on(gpu.forward(&[4], false)).unwrap_err();
+    assert!(matches!(err, puyu::Error::DeviceLost { .. }), "{err}");
+}

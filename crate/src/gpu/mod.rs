@@ -78,6 +78,9 @@ pub struct Gpu {
     pub f16: bool,
     /// subgroups were requested and granted.
     pub subgroups: bool,
+    /// Set (with the reason) when the device is lost; every later step fails with
+    /// [`Error::DeviceLost`].
+    lost: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// The adapters wgpu can see on `backends`, for `puyu info`.
@@ -127,13 +130,29 @@ impl Gpu {
             })
             .await
             .map_err(|e| Error::DeviceRequest(e.to_string()))?;
+        let lost = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let flag = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            if let Ok(mut l) = flag.lock() {
+                *l = Some(format!("{reason:?}: {message}"));
+            }
+        });
         Ok(Gpu {
             adapter_info: adapter.get_info(),
             device,
             queue,
             f16,
             subgroups,
+            lost,
         })
+    }
+
+    /// [`Error::DeviceLost`] once the device is gone.
+    pub fn check_alive(&self) -> Result<()> {
+        match self.lost.lock().ok().and_then(|l| l.clone()) {
+            Some(reason) => Err(Error::DeviceLost { reason }),
+            None => Ok(()),
+        }
     }
 
     /// One line on what was chosen: adapter, backend, features.

@@ -187,6 +187,16 @@ impl GpuModel {
         let chunk = chunk.min((max_binding / (v * 4).max(1) as u64).max(1) as usize).max(1);
         let part_rows = chunk.max(64);
         let kv_bytes = if gpu.f16 { 2 } else { 4 };
+        // Each layer's K (and V) cache is one binding.
+        let kv_layer = (context as u64).saturating_mul((nkv * hd * kv_bytes) as u64);
+        if kv_layer > max_binding.min(limits.max_buffer_size) {
+            return Err(Error::DeviceLimits {
+                limit: "max_storage_buffer_binding_size",
+                what: format!("a {context}-token KV cache ({kv_bytes}-byte values, per layer)"),
+                needed: kv_layer,
+                available: max_binding.min(limits.max_buffer_size),
+            });
+        }
         let kv_define: &[&str] = if gpu.f16 { &["KV_F16"] } else { &[] };
         let dev = &gpu.device;
 
@@ -472,6 +482,7 @@ impl GpuModel {
     }
 
     fn check(&self, tokens: &[u32]) -> Result<()> {
+        self.gpu.check_alive()?;
         let c = &self.config;
         if tokens.is_empty() {
             return Err(Error::EmptyInput);
