@@ -63,7 +63,8 @@ mod cli {
         },
         /// Generate text from a prompt, streamed to stdout (statistics on stderr).
         Run {
-            /// A puyu model folder, an HF InternLM2 folder, or a bundled tiny model: `tiny` or `tiny-ntk`.
+            /// A puyu model folder, an HF InternLM2 folder, an HF model id in the local Hugging Face
+            /// cache (`internlm/internlm2-chat-1_8b`; never downloaded), or `tiny` / `tiny-ntk`.
             #[arg(long, default_value = "tiny")]
             model: String,
             #[arg(long)]
@@ -89,7 +90,8 @@ mod cli {
         /// generated, the KV cache is kept across turns. Ctrl-C stops an answer; `/reset`
         /// starts a new conversation; `/exit` (or end of input) quits.
         Chat {
-            /// A puyu model folder, an HF InternLM2 folder, or a bundled tiny model.
+            /// A puyu model folder, an HF InternLM2 folder, an HF model id in the local Hugging Face
+            /// cache (`internlm/internlm2-chat-1_8b`; never downloaded), or `tiny` / `tiny-ntk`.
             #[arg(long, default_value = "tiny")]
             model: String,
             /// The system prompt (default: InternLM2-Chat's; an empty string for none).
@@ -118,8 +120,8 @@ mod cli {
         },
         /// Per-token negative log-likelihood of a token sequence.
         Perplexity {
-            /// A puyu model folder, an HF InternLM2 folder, or a bundled tiny model:
-            /// `tiny` or `tiny-ntk`.
+            /// A puyu model folder, an HF InternLM2 folder, an HF model id in the local Hugging Face
+            /// cache (`internlm/internlm2-chat-1_8b`; never downloaded), or `tiny` / `tiny-ntk`.
             #[arg(long, default_value = "tiny")]
             model: String,
             /// The tokens as a JSON array of ids, e.g. `[1, 2136, 505]`.
@@ -140,7 +142,8 @@ mod cli {
         /// Prompt processing and generation speed on the GPU: tokens/s (median, min, max over
         /// the repeats), time to first token, load time, GPU memory.
         Bench {
-            /// A puyu model folder, an HF InternLM2 folder, or a bundled tiny model.
+            /// A puyu model folder, an HF InternLM2 folder, an HF model id in the local Hugging Face
+            /// cache (`internlm/internlm2-chat-1_8b`; never downloaded), or `tiny` / `tiny-ntk`.
             #[arg(long, default_value = "tiny")]
             model: String,
             #[arg(long, default_value_t = 512)]
@@ -265,8 +268,10 @@ mod cli {
         /// 0 keeps every token.
         #[arg(long, default_value_t = 50)]
         top_k: usize,
+        /// Keep the most likely tokens whose probabilities add up to this; 1 keeps all.
         #[arg(long, default_value_t = 0.8)]
         top_p: f32,
+        /// Divide the logits of the last 64 tokens' ids by this (multiply when negative); 1 is off.
         #[arg(long, default_value_t = 1.0)]
         repeat_penalty: f32,
         /// Random seed (default: from the clock, printed with the statistics).
@@ -413,6 +418,7 @@ mod cli {
     /// Where and how the GPU engine runs.
     #[derive(clap::Args, Clone, Copy)]
     struct GpuArgs {
+        /// The graphics API wgpu uses (auto: the best adapter on any).
         #[arg(long, value_enum, default_value_t = Backend::Auto)]
         backend: Backend,
         /// Do not use shader-f16 even if the adapter has it (the KV cache stays f32).
