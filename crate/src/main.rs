@@ -367,12 +367,9 @@ mod cli {
                 // A different draw each turn, reproducible from the seed.
                 options.sampling.seed = sampling.seed.wrapping_add(turn);
                 turn += 1;
-                let budget = engine.context.saturating_sub(engine.len + ids.len()).saturating_add(1);
-                options.max_tokens = max_tokens.min(budget);
-                if options.max_tokens == 0 {
-                    eprintln!("(the conversation fills the {}-token context: /reset to start a new one)", engine.context);
-                    continue;
-                }
+                // The prompt fits (checked above); the answer gets what is left, its last
+                // sampled token not being fed.
+                options.max_tokens = max_tokens.min(engine.context - engine.len - ids.len() + 1);
                 interrupted.store(false, Ordering::SeqCst);
                 generating.store(true, Ordering::SeqCst);
                 let start = Instant::now();
@@ -737,17 +734,13 @@ mod cli {
 
         pub fn run(model: &str, prompt_tokens: usize, gen_tokens: usize, repeat: usize, json: bool, args: GpuArgs) -> anyhow::Result<()> {
             let (dir, _keep) = model_dir(model)?;
+            // Load time: opening the folder and uploading, not converting a tiny or HF model.
             let start = Instant::now();
-            let dir = ModelDir::open(&dir, false)?;
-            let gpu = args.open()?;
-            let context = prompt_tokens + gen_tokens + 1;
-            let options = puyu::gpu::model::GpuOptions { context, ..Default::default() };
-            let mut engine = GpuModel::new(gpu, dir.config.clone(), &dir.manifest, |b| dir.blob(b).map(<[u8]>::to_vec), &options)?;
+            let mut engine = upload(&dir, args, |_| prompt_tokens + gen_tokens + 1)?;
             // Uploads are queued: wait for them, so load time is the time to a usable model.
             let device = &engine.gpu().device;
             device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| anyhow::anyhow!("{e}"))?;
             let load_s = start.elapsed().as_secs_f64();
-            drop(dir);
             let (prefill, decode, ttft) = puyu::bench::run(&mut engine, prompt_tokens, gen_tokens, repeat)?;
             let g = engine.gpu();
             let report = puyu::bench::Report {
@@ -816,7 +809,13 @@ mod cli {
         context: impl FnOnce(&puyu::ModelConfig) -> usize,
     ) -> anyhow::Result<(GpuModel, Option<tempfile::TempDir>)> {
         let (dir, keep) = model_dir(model)?;
-        let dir = ModelDir::open(&dir, false)?;
+        Ok((upload(&dir, args, context)?, keep))
+    }
+
+    /// Opens a puyu model folder and uploads it to the GPU (with a progress bar), with a KV
+    /// cache of `context(config)` tokens.
+    fn upload(dir: &std::path::Path, args: GpuArgs, context: impl FnOnce(&puyu::ModelConfig) -> usize) -> anyhow::Result<GpuModel> {
+        let dir = ModelDir::open(dir, false)?;
         let gpu = args.open()?;
         let context = context(&dir.config);
         let options = puyu::gpu::model::GpuOptions { context, ..Default::default() };
@@ -831,7 +830,7 @@ mod cli {
             bytes
         }, &options)?;
         bar.finish_and_clear();
-        Ok((engine, keep))
+        Ok(engine)
     }
 
     /// The puyu model folder for `model`: itself; a bundled tiny model converted to f16 (so

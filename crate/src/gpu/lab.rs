@@ -5,7 +5,7 @@
 
 use wgpu::util::DeviceExt;
 
-use super::{preprocess::preprocess, Gpu};
+use super::{layout_entry, preprocess::preprocess, Gpu};
 use crate::error::{Error, Result};
 
 /// A buffer of a launch, in binding order (the 32-byte parameter block is bound after them).
@@ -55,16 +55,7 @@ fn prepare(gpu: &Gpu, l: &Launch) -> Result<Prepared> {
             contents: &contents,
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
         });
-        entries.push(wgpu::BindGroupLayoutEntry {
-            binding: b as u32,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Storage { read_only },
-                has_dynamic_offset: false,
-                min_binding_size: None,
-            },
-            count: None,
-        });
+        entries.push(layout_entry(b as u32, wgpu::BufferBindingType::Storage { read_only }));
         if !read_only {
             outs.push(buffer.clone());
         }
@@ -75,16 +66,7 @@ fn prepare(gpu: &Gpu, l: &Launch) -> Result<Prepared> {
         contents: bytemuck::cast_slice(&l.params),
         usage: wgpu::BufferUsages::UNIFORM,
     });
-    entries.push(wgpu::BindGroupLayoutEntry {
-        binding: buffers.len() as u32,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer {
-            ty: wgpu::BufferBindingType::Uniform,
-            has_dynamic_offset: false,
-            min_binding_size: None,
-        },
-        count: None,
-    });
+    entries.push(layout_entry(buffers.len() as u32, wgpu::BufferBindingType::Uniform));
     let layout = dev.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &entries });
     let pipeline_layout = dev.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
         label: None,
@@ -126,8 +108,7 @@ pub async fn run(gpu: &Gpu, l: &Launch<'_>) -> Result<Vec<Vec<u8>>> {
     encode(gpu, &p, l.groups, 1);
     let mut out = Vec::new();
     for buf in &p.outs {
-        let words: Vec<u32> = bytemuck::cast_slice(&gpu.read_f32(buf).await?).to_vec();
-        out.push(bytemuck::cast_slice(&words).to_vec());
+        out.push(bytemuck::cast_slice(&gpu.read_f32(buf).await?).to_vec());
     }
     Ok(out)
 }

@@ -163,7 +163,7 @@ impl GpuModel {
         let GpuOptions { context, chunk, .. } = *options;
         let weight_limit = options
             .weight_binding_limit
-            .unwrap_or(gpu.device.limits().max_storage_buffer_binding_size as u64);
+            .unwrap_or(gpu.device.limits().max_storage_buffer_binding_size);
         // Lanes of CPU drivers (lavapipe, SwiftShader) are SIMD slots of one core: there a
         // lane per row wins; on GPUs a workgroup per row keeps memory reads coalesced.
         let row_per_lane = match options.matmul {
@@ -182,7 +182,7 @@ impl GpuModel {
             return Err(Error::Gpu(format!("prefill_tile must be 1, 4 or 8, not {prefill_tile}")));
         }
         let limits = gpu.device.limits();
-        let max_binding = limits.max_storage_buffer_binding_size as u64;
+        let max_binding = limits.max_storage_buffer_binding_size;
         // The logits [chunk, V] must fit one binding.
         let chunk = chunk.min((max_binding / (v * 4).max(1) as u64).max(1) as usize).max(1);
         let part_rows = chunk.max(64);
@@ -506,8 +506,6 @@ impl GpuModel {
         let (h, hd) = (c.hidden_size as u32, c.head_dim as u32);
         let (nh, nkv) = (c.num_heads as u32, c.num_kv_heads as u32);
         let (splits, split_len) = kv_splits(tokens.len(), ctx as usize, c.num_heads, self.part_rows);
-        // Matrix products of several tokens run token-tiled.
-        let tile = if t > 1 { self.prefill_tile } else { 1 };
         let q = &self.gpu.queue;
         q.write_buffer(&self.tokens, 0, bytemuck::cast_slice(tokens));
         let table: Vec<f32> = (0..tokens.len())
@@ -561,7 +559,8 @@ impl GpuModel {
                 Op::Embed { .. } => [h.div_ceil(64), n, 1],
                 Op::Norm => [n, 1, 1],
                 Op::Matmul { rows, row_per_lane, .. } => {
-                    let tile = if n > 1 { tile } else { 1 };
+                    // Products over several tokens run token-tiled.
+                    let tile = if n > 1 { self.prefill_tile } else { 1 };
                     if tile > 1 {
                         pipeline = step.tiled.as_ref().expect("matmul steps have a tiled pipeline");
                     }
@@ -696,22 +695,13 @@ impl Pipelines {
             let entries: Vec<wgpu::BindGroupLayoutEntry> = binds
                 .iter()
                 .enumerate()
-                .map(|(b, kind)| wgpu::BindGroupLayoutEntry {
-                    binding: b as u32,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: match kind {
-                        Bind::Read | Bind::Write => wgpu::BindingType::Buffer {
-                            ty: wgpu::BufferBindingType::Storage { read_only: matches!(kind, Bind::Read) },
-                            has_dynamic_offset: false,
-                            min_binding_size: None,
-                        },
-                        Bind::Uniform => wgpu::BindingType::Buffer {
-                            ty: wgpu::BufferBindingType::Uniform,
-                            has_dynamic_offset: false,
-                            min_binding_size: None,
-                        },
-                    },
-                    count: None,
+                .map(|(b, kind)| {
+                    let ty = match kind {
+                        Bind::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                        Bind::Write => wgpu::BufferBindingType::Storage { read_only: false },
+                        Bind::Uniform => wgpu::BufferBindingType::Uniform,
+                    };
+                    super::layout_entry(b as u32, ty)
                 })
                 .collect();
             let layout = dev.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &entries });
