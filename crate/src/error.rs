@@ -65,6 +65,8 @@ pub enum Error {
     ShardSize { file: String, expected: u64, actual: u64 },
     #[error("shard {file} is corrupt: sha256 {actual}, the manifest says {expected}")]
     Sha256Mismatch { file: String, expected: String, actual: String },
+    #[error("the model is incomplete: {tensors} tensor(s) did not receive all their bytes (the first: `{first}`); the download or copy stopped early: load it again")]
+    IncompleteModel { tensors: usize, first: String },
     #[error("manifest.json: `{tensor}` lies at bytes {offset}+{len} of {file}, which has {size}")]
     ManifestOffsetOutOfRange { tensor: String, file: String, offset: u64, len: u64, size: u64 },
     #[error("manifest.json: `{first}` and `{second}` overlap in {file}")]

@@ -85,6 +85,10 @@ mod cli {
             device: Device,
             #[command(flatten)]
             gpu: GpuArgs,
+            /// Also print the sampled token ids (a stop id included) to stderr as
+            /// `ids: [..]`, e.g. to compare with the browser.
+            #[arg(long)]
+            show_ids: bool,
         },
         /// Chat in the terminal with InternLM2-Chat's template: answers stream as they are
         /// generated, the KV cache is kept across turns. Ctrl-C stops an answer; `/reset`
@@ -545,6 +549,7 @@ mod cli {
                 sampling,
                 device,
                 gpu: gpu_args,
+                show_ids,
             } => {
                 let sampling = sampling.params()?;
                 let seed = sampling.seed;
@@ -610,6 +615,9 @@ mod cli {
                     prefill * 1e3,
                     out.finish,
                 );
+                if show_ids {
+                    eprintln!("ids: {}", serde_json::to_string(&out.ids)?);
+                }
                 Ok(())
             }
             Command::Bench { kernels: Some(shape), only, prompt_tokens, json, gpu, .. } => {
@@ -825,8 +833,8 @@ mod cli {
         );
         bar.set_message("uploading weights to the GPU");
         let engine = GpuModel::new(gpu, dir.config.clone(), &dir.manifest, |b| {
-            let bytes = dir.blob(b).map(<[u8]>::to_vec);
-            bar.inc(bytes.as_ref().map_or(0, |v| v.len() as u64));
+            let bytes = dir.blob(b);
+            bar.inc(bytes.map_or(0, |v| v.len() as u64));
             bytes
         }, &options)?;
         bar.finish_and_clear();

@@ -452,6 +452,16 @@ impl Manifest {
         out
     }
 
+    /// Every blob of every tensor, in manifest order.
+    pub fn blob_ids(&self) -> impl Iterator<Item = BlobId> + '_ {
+        self.tensors.iter().enumerate().flat_map(|(t, entry)| {
+            entry.parts.iter().enumerate().flat_map(move |(p, part)| {
+                let scales = part.scales.map(|_| BlobId { tensor: t, part: p, scales: true });
+                std::iter::once(BlobId { tensor: t, part: p, scales: false }).chain(scales)
+            })
+        })
+    }
+
     pub fn tensor(&self, name: &str) -> Option<(usize, &TensorEntry)> {
         self.tensors.iter().enumerate().find(|(_, t)| t.name == name)
     }
@@ -463,20 +473,18 @@ impl Manifest {
 /// Consumes one shard as a sequence of byte chunks, in order, and hands every piece of every
 /// blob to a sink with its offset inside the blob: what the browser does with `fetch` chunks
 /// and `queue.write_buffer`. Checks the length and, if asked, the sha256.
-pub struct ShardStream<'m> {
-    manifest: &'m Manifest,
-    shard: usize,
+pub struct ShardStream {
+    entry: ShardEntry,
     blobs: Vec<(BlobId, Span)>,
     next: usize,
     pos: u64,
     hasher: Option<Sha256>,
 }
 
-impl<'m> ShardStream<'m> {
-    pub fn new(manifest: &'m Manifest, shard: usize, verify_sha256: bool) -> Self {
+impl ShardStream {
+    pub fn new(manifest: &Manifest, shard: usize, verify_sha256: bool) -> Self {
         ShardStream {
-            manifest,
-            shard,
+            entry: manifest.shards[shard].clone(),
             blobs: manifest.blobs_in(shard),
             next: 0,
             pos: 0,
@@ -484,9 +492,10 @@ impl<'m> ShardStream<'m> {
         }
     }
 
-    /// Feeds the next chunk; `sink(blob, offset_in_blob, bytes)` receives its blob pieces.
-    pub fn push(&mut self, chunk: &[u8], mut sink: impl FnMut(BlobId, u64, &[u8])) -> Result<()> {
-        let entry = &self.manifest.shards[self.shard];
+    /// Feeds the next chunk; `sink(blob, offset_in_blob, bytes)` receives its blob pieces
+    /// (its first error ends the push).
+    pub fn push(&mut self, chunk: &[u8], mut sink: impl FnMut(BlobId, u64, &[u8]) -> Result<()>) -> Result<()> {
+        let entry = &self.entry;
         let end = self.pos + chunk.len() as u64;
         if end > entry.size {
             return Err(Error::ShardSize { file: entry.file.clone(), expected: entry.size, actual: end });
@@ -504,7 +513,7 @@ impl<'m> ShardStream<'m> {
             let to = (span.offset + span.len).min(end);
             if from < to {
                 let bytes = &chunk[(from - self.pos) as usize..(to - self.pos) as usize];
-                sink(blob, from - span.offset, bytes);
+                sink(blob, from - span.offset, bytes)?;
             }
             if span.offset + span.len <= end {
                 self.next = i + 1;
@@ -517,7 +526,7 @@ impl<'m> ShardStream<'m> {
 
     /// Ends the shard: all of it must have arrived, with the right hash if checked.
     pub fn finish(self) -> Result<()> {
-        let entry = &self.manifest.shards[self.shard];
+        let entry = &self.entry;
         if self.pos != entry.size {
             return Err(Error::ShardSize { file: entry.file.clone(), expected: entry.size, actual: self.pos });
         }
@@ -547,13 +556,14 @@ impl StreamedWeights {
     }
 
     /// A sink for [`ShardStream::push`].
-    pub fn write(&mut self, blob: BlobId, offset: u64, bytes: &[u8]) {
+    pub fn write(&mut self, blob: BlobId, offset: u64, bytes: &[u8]) -> Result<()> {
         let buf = self.blobs.entry(blob).or_default();
         let end = offset as usize + bytes.len();
         if buf.len() < end {
             buf.resize(end, 0);
         }
         buf[offset as usize..end].copy_from_slice(bytes);
+        Ok(())
     }
 
     /// The bytes of a blob, once streamed.

@@ -23,7 +23,7 @@ fn gpu_model(dir: &ModelDir, options: GpuOptions) -> GpuModel {
 fn gpu_model_with(dir: &ModelDir, options: GpuOptions, wish: FeatureWish) -> GpuModel {
     let gpu = pollster::block_on(puyu::gpu::Gpu::open(wgpu::Backends::all(), wish))
         .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
-    GpuModel::new(gpu, dir.config.clone(), &dir.manifest, |b| dir.blob(b).map(<[u8]>::to_vec), &options).unwrap()
+    GpuModel::new(gpu, dir.config.clone(), &dir.manifest, |b| dir.blob(b), &options).unwrap()
 }
 
 fn sized(context: usize, chunk: usize) -> GpuOptions {
@@ -323,7 +323,7 @@ fn device_limits_and_loss_are_named_errors() {
     let dir = folder(TINY, Quant::Q4, root.path());
     let gpu = pollster::block_on(puyu::gpu::Gpu::new(wgpu::Backends::all())).unwrap();
     // 3 M tokens × 2 KV heads × 16 dims × 2 bytes = 192 MB per layer > lavapipe's 128 MiB.
-    let err = GpuModel::new(gpu, dir.config.clone(), &dir.manifest, |b| dir.blob(b).map(<[u8]>::to_vec), &sized(3_000_000, 64)).err().unwrap();
+    let err = GpuModel::new(gpu, dir.config.clone(), &dir.manifest, |b| dir.blob(b), &sized(3_000_000, 64)).err().unwrap();
     assert!(matches!(err, puyu::Error::DeviceLimits { limit: "max_storage_buffer_binding_size", .. }), "{err}");
 
     let mut gpu = gpu_model(&dir, sized(64, 64));
@@ -332,4 +332,57 @@ fn device_limits_and_loss_are_named_errors() {
     let _ = gpu.gpu().device.poll(wgpu::PollType::wait_indefinitely());
     let err = pollster::block_on(gpu.forward(&[4], false)).unwrap_err();
     assert!(matches!(err, puyu::Error::DeviceLost { .. }), "{err}");
+}
+
+/// Weights streamed shard by shard in pieces of awkward sizes (1, 3, 5, 4093 bytes… as a
+/// browser's fetch chunks may be), into a model with small shards (tensors split across
+/// shards) and small buffers (tensors split across buffers), give bit-identical logits to
+/// whole-blob uploads; a stream that stops early is the named IncompleteModel error.
+#[test]
+fn streamed_upload_in_odd_pieces_equals_whole_blobs() {
+    use puyu::model_dir::ShardStream;
+    let root = tempfile::tempdir().unwrap();
+    let hf = root.path().join("hf");
+    TINY.write_hf_dir(&hf).unwrap();
+    let out = root.path().join("q4");
+    convert(&hf, &out, &ConvertOptions { max_shard_bytes: 96 << 10, ..Default::default() }, |_, _| {}).unwrap();
+    let dir = ModelDir::open(&out, false).unwrap();
+    assert!(dir.manifest.shards.len() >= 3, "the test wants several shards");
+    assert!(dir.manifest.tensors.iter().any(|t| t.parts.len() > 1), "the test wants a tensor split across shards");
+    let options = GpuOptions { weight_binding_limit: Some(4096), ..sized(64, 64) };
+    let (_, prompt) = common::Golden::load(TINY.name).ids("prompt_ids");
+    let open = || pollster::block_on(puyu::gpu::Gpu::open(wgpu::Backends::all(), FeatureWish::PORTABLE)).unwrap();
+
+    let mut whole = GpuModel::new(open(), dir.config.clone(), &dir.manifest, |b| dir.blob(b), &options).unwrap();
+    let want = pollster::block_on(whole.forward(&prompt, true)).unwrap();
+
+    let stream = |stop_early: bool| -> puyu::Result<Vec<f32>> {
+        let (mut model, mut writer) = GpuModel::allocate(open(), dir.config.clone(), &dir.manifest, &options)?;
+        let sizes = [1usize, 3, 5, 4093, 2, 70_001, 7];
+        for s in 0..dir.manifest.shards.len() {
+            let bytes = dir.shard_bytes(s);
+            let end = if stop_early && s == 1 { bytes.len() / 2 } else { bytes.len() };
+            let mut shard = ShardStream::new(&dir.manifest, s, true);
+            let (mut pos, mut k) = (0, 0);
+            while pos < end {
+                let next = (pos + sizes[k % sizes.len()]).min(end);
+                shard.push(&bytes[pos..next], |b, off, piece| writer.write(&dir.manifest, b, off, piece))?;
+                (pos, k) = (next, k + 1);
+            }
+            if !stop_early {
+                shard.finish()?;
+            }
+        }
+        writer.finish()?;
+        pollster::block_on(model.forward(&prompt, true))
+    };
+    let got = stream(false).unwrap();
+    assert!(got == want, "streamed weights must give exactly the same logits");
+    match stream(true) {
+        Err(puyu::Error::IncompleteModel { tensors, first }) => {
+            assert!(tensors > 0, "{first}");
+            eprintln!("stopped early: {tensors} tensors incomplete, first `{first}`");
+        }
+        other => panic!("expected IncompleteModel, got {:?}", other.map(|l| l.len())),
+    }
 }

@@ -175,7 +175,7 @@ fn corrupt_folders_give_named_errors() {
     assert!(matches!(open(d.path(), true), Error::Sha256Mismatch { file, .. } if file == "model-00002.safetensors"));
     let m = ModelDir::open(d.path(), false).unwrap();
     let mut stream = ShardStream::new(&m.manifest, 2, true);
-    stream.push(&bytes, |_, _, _| {}).unwrap();
+    stream.push(&bytes, |_, _, _| Ok(())).unwrap();
     assert!(matches!(stream.finish(), Err(Error::Sha256Mismatch { .. })));
 
     // Offset out of range.

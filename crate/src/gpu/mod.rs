@@ -9,6 +9,7 @@ use wgpu::util::DeviceExt;
 pub mod lab;
 pub mod model;
 pub mod preprocess;
+pub mod weights;
 
 use crate::error::{Error, Result};
 

@@ -15,6 +15,7 @@ use crate::quant::Quant;
 use crate::rope::Rope;
 use crate::sampling::{Draw, Sampler};
 
+use super::weights::{Target, WeightWriter};
 use super::{preprocess::preprocess, shaders, Gpu};
 
 /// Uniform parameter slots are this far apart (the usual min_uniform_buffer_offset_alignment).
@@ -153,13 +154,27 @@ pub struct GpuModel {
 
 impl GpuModel {
     /// Uploads a model: `blob(id)` gives the bytes of each manifest blob.
-    pub fn new(
+    pub fn new<B: AsRef<[u8]>>(
         gpu: Gpu,
         config: ModelConfig,
         manifest: &Manifest,
-        blob: impl Fn(BlobId) -> Option<Vec<u8>>,
+        blob: impl Fn(BlobId) -> Option<B>,
         options: &GpuOptions,
     ) -> Result<GpuModel> {
+        let (model, mut writer) = GpuModel::allocate(gpu, config, manifest, options)?;
+        for id in manifest.blob_ids() {
+            if let Some(bytes) = blob(id) {
+                writer.write(manifest, id, 0, bytes.as_ref())?;
+            }
+        }
+        writer.finish()?;
+        Ok(model)
+    }
+
+    /// Makes the buffers, pipelines and bind groups of a model; its weights are then written
+    /// with the returned [`WeightWriter`], piece by piece as they arrive (the browser's
+    /// download stream, or a memory-mapped shard), before the first forward pass.
+    pub fn allocate(gpu: Gpu, config: ModelConfig, manifest: &Manifest, options: &GpuOptions) -> Result<(GpuModel, WeightWriter)> {
         let GpuOptions { context, chunk, .. } = *options;
         let weight_limit = options
             .weight_binding_limit
@@ -211,32 +226,10 @@ impl GpuModel {
                 mapped_at_creation: false,
             })
         };
-        let upload = |label: &str, bytes: &[u8]| -> wgpu::Buffer {
-            let buf = storage(label, bytes.len() as u64);
-            let whole = bytes.len() / 4 * 4;
-            gpu.queue.write_buffer(&buf, 0, &bytes[..whole]);
-            if whole < bytes.len() {
-                let mut tail = bytes[whole..].to_vec();
-                tail.resize(4, 0);
-                gpu.queue.write_buffer(&buf, whole as u64, &tail);
-            }
-            buf
-        };
+        let writer = std::cell::RefCell::new(WeightWriter::new(gpu.queue.clone(), manifest));
         let weight = |name: &str| -> Result<Weight> {
             let (t, entry) = manifest.tensor(name).ok_or_else(|| Error::MissingTensor { name: name.into() })?;
             let (rows, cols) = crate::model_dir::matrix_dims(&entry.shape);
-            // The whole tensor, parts (shard splits) joined.
-            let (mut data, mut scales) = (Vec::new(), Vec::new());
-            for p in 0..entry.parts.len() {
-                let get = |s| {
-                    blob(BlobId { tensor: t, part: p, scales: s })
-                        .ok_or_else(|| Error::ManifestInvalid { reason: format!("`{name}` was not loaded") })
-                };
-                data.extend(get(false)?);
-                if entry.quant.has_scales() {
-                    scales.extend(get(true)?);
-                }
-            }
             // Rows per buffer: within the limit, and even, so that a chunk's f16 scales start
             // on a u32 word.
             let (d_row, s_row) = (entry.quant.data_bytes_per_row(cols), entry.quant.scale_bytes_per_row(cols));
@@ -244,18 +237,23 @@ impl GpuModel {
             if per == 0 {
                 return Err(Error::Gpu(format!("one row of `{name}` exceeds the {weight_limit}-byte binding limit")));
             }
-            let chunks = (0..rows)
+            let chunks: Vec<WeightChunk> = (0..rows)
                 .step_by(per)
                 .map(|row0| {
                     let n = per.min(rows - row0);
                     WeightChunk {
                         row0,
                         rows: n,
-                        data: upload(name, &data[row0 * d_row..(row0 + n) * d_row]),
-                        scales: if s_row > 0 { upload(name, &scales[row0 * s_row..(row0 + n) * s_row]) } else { storage("no scales", 4) },
+                        data: storage(name, (n * d_row) as u64),
+                        scales: storage(name, (n * s_row) as u64),
                     }
                 })
                 .collect();
+            let targets = |scales: bool| -> Vec<Target> {
+                let buffer = |c: &WeightChunk| if scales { c.scales.clone() } else { c.data.clone() };
+                chunks.iter().map(|c| Target { row0: c.row0, rows: c.rows, buffer: buffer(c) }).collect()
+            };
+            writer.borrow_mut().add_tensor(t, name, d_row, s_row, targets(false), targets(true));
             Ok(Weight { quant: entry.quant, rows, chunks })
         };
 
@@ -386,7 +384,7 @@ impl GpuModel {
                 tiled,
             })
             .collect();
-        Ok(GpuModel {
+        let model = GpuModel {
             rope: Rope::new(&config),
             gpu,
             config,
@@ -409,7 +407,8 @@ impl GpuModel {
             prefill_tile,
             memory: Memory { weights: weights_bytes, kv_cache, scratch: allocated.get() - weights_bytes - kv_cache },
             len: 0,
-        })
+        };
+        Ok((model, writer.into_inner()))
     }
 
     pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
@@ -424,6 +423,12 @@ impl GpuModel {
     /// One line: adapter, backend, features, KV-cache type.
     pub fn describe(&self) -> String {
         format!("{}; KV cache {}", self.gpu.describe(), if self.gpu.f16 { "f16" } else { "f32" })
+    }
+
+    /// Keeps only the first `len` tokens of the cache (a conversation that shares them with
+    /// the previous one runs only the rest).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
     }
 
     /// Empties the KV cache (a new conversation).
