@@ -20,7 +20,7 @@ class UrlSource {
    * that a changed model never meets a stale shard; the small files (config, manifest,
    * tokenizer) come from the network when it answers, else from the cache (offline).
    */
-  async open(file, sha256) {
+  async open(file, sha256, { optional = false } = {}) {
     const url = new URL(file, this.base).href;
     const key = sha256 ? `${url}?sha256=${sha256}` : url;
     if (this.useCache) this.cache ??= await caches.open(CACHE_NAME);
@@ -40,6 +40,7 @@ class UrlSource {
       if (hit) return hit;
       throw new ModelLoadError(`cannot fetch ${url}: ${e.message}; check the address and that the server is running`, { cause: e });
     }
+    if (optional && response.status === 404) return null;
     if (!response.ok) throw new ModelLoadError(`cannot fetch ${url}: HTTP ${response.status}; check the model address`);
     // The copy is written while the original streams on, and forgotten if it proves corrupt.
     const stored = this.useCache ? this.cache.put(key, response.clone()).catch(() => {}) : Promise.resolve();
@@ -55,8 +56,9 @@ class FileSource {
     const rel = first && first.webkitRelativePath;
     this.name = rel ? rel.split("/")[0] : "local model";
   }
-  async open(file) {
+  async open(file, sha256, { optional = false } = {}) {
     const f = this.files.get(file);
+    if (!f && optional) return null;
     if (!f) throw new ModelLoadError(`the chosen files have no ${file}: pick the whole model folder (manifest.json, config.json, tokenizer.json and the shards)`);
     return { body: f.stream(), network: false, forget: () => {} };
   }
@@ -87,7 +89,10 @@ export async function load(wasm, source, { context, f16, progress = () => {}, si
   const text = async (file) => new TextDecoder().decode(await readAll((await source.open(file)).body));
   const config = await text("config.json");
   const manifestText = await text("manifest.json");
-  const tokenizer = await readAll((await source.open("tokenizer.json")).body);
+  // tokenizer.model (sentencepiece) when the folder has it: the tokenizer built from it
+  // takes ~40 MB of wasm memory at its peak, from tokenizer.json ~100 MB.
+  const sentencepiece = await source.open("tokenizer.model", null, { optional: true });
+  const tokenizer = await readAll((sentencepiece ?? (await source.open("tokenizer.json"))).body);
   let manifest;
   try {
     manifest = JSON.parse(manifestText);

@@ -162,6 +162,11 @@ export class Engine {
     this.#engine.reset();
   }
 
+  /** Tests only: destroys the GPU device as a driver reset would (see DeviceLostError). */
+  loseDeviceForTesting() {
+    this.#engine.lose_device_for_testing();
+  }
+
   /** Stops any generation and frees the GPU memory; the engine cannot be used afterwards. */
   async unload() {
     this.interrupt();

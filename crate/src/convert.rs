@@ -46,6 +46,10 @@ pub fn convert(
     let config = ModelConfig::from_file(&config_path)?;
     let ckpt = Checkpoint::open_dir(hf_dir)?;
     let tokenizer = open_tokenizer(hf_dir)?;
+    // Kept beside tokenizer.json: the browser builds its tokenizer from it in less than half
+    // the memory (see pkg/loader.js).
+    let sp_path = hf_dir.join("tokenizer.model");
+    let sentencepiece = if sp_path.is_file() { Some(std::fs::read(&sp_path).map_err(|e| Error::io(&sp_path, e))?) } else { None };
     check_output(out_dir, options)?;
 
     // Every tensor checked before a byte is written.
@@ -73,7 +77,7 @@ pub fn convert(
         ckpt.release(&sources[tensor], bytes);
         Ok(x)
     };
-    write_model(&config, &config_text, &tokenizer, out_dir, options, rows, progress)
+    write_model(&config, &config_text, &tokenizer, sentencepiece.as_deref(), out_dir, options, rows, progress)
 }
 
 /// Writes a random-weight model with the real shapes of `spec` (1_8b, 7b, 20b) straight into
@@ -92,7 +96,7 @@ pub fn write_random(spec: &crate::tiny::TinySpec, out_dir: &Path, options: &Conv
         let &(t, centre, spread) = draws.get(name).ok_or_else(|| Error::MissingTensor { name: name.clone() })?;
         Ok(crate::tiny::random_rows(spec.seed, t, centre, spread, rows, cols))
     };
-    write_model(&config, config_text.as_bytes(), &tokenizer, out_dir, options, rows, progress)
+    write_model(&config, config_text.as_bytes(), &tokenizer, Some(crate::tiny::TOKENIZER_MODEL), out_dir, options, rows, progress)
 }
 
 fn check_output(out_dir: &Path, options: &ConvertOptions) -> Result<()> {
@@ -103,11 +107,14 @@ fn check_output(out_dir: &Path, options: &ConvertOptions) -> Result<()> {
 }
 
 /// Plans and writes a model folder: `rows(tensor, rows, cols)` gives rows of tensor number
-/// `tensor` (in [`expected_tensors`] order) as f32.
+/// `tensor` (in [`expected_tensors`] order) as f32. `sentencepiece`: the tokenizer.model
+/// the tokenizer came from, copied beside tokenizer.json.
+#[allow(clippy::too_many_arguments)]
 fn write_model(
     config: &ModelConfig,
     config_text: &[u8],
     tokenizer: &Tokenizer,
+    sentencepiece: Option<&[u8]>,
     out_dir: &Path,
     options: &ConvertOptions,
     rows: impl Fn(usize, std::ops::Range<usize>, usize) -> Result<Vec<f32>>,
@@ -158,6 +165,9 @@ fn write_model(
         };
         write("config.json", config_text)?;
         write("tokenizer.json", tokenizer.to_json()?.as_bytes())?;
+        if let Some(bytes) = sentencepiece {
+            write("tokenizer.model", bytes)?;
+        }
         let json = serde_json::to_string_pretty(&manifest).expect("serialisable");
         write("manifest.json", json.as_bytes())?;
         if out_dir.exists() {

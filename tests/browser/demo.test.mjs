@@ -125,3 +125,15 @@ test("a corrupt or truncated shard is a named error, and a good model loads afte
   const got = await ask(PROMPT, { maxTokens: 4 });
   assert.deepEqual(got.ids, nativeIds(PROMPT, 4));
 });
+
+test("a local folder (picked, no server) loads and answers the same", async () => {
+  log.length = 0;
+  await page.evaluate(() => { window.demo.state = "loading"; });
+  await page.setInputFiles("#folder", TINY);
+  await page.waitForFunction(() => ["ready", "error"].includes(window.demo.state), null, { timeout: 120_000 });
+  assert.equal(await page.evaluate(() => window.demo.state), "ready", await page.textContent("#error"));
+  assert.equal(await page.evaluate(() => window.demo.info.model), "tiny-q4");
+  assert.deepEqual(log.filter((p) => p.includes("/models/")), [], "nothing of the model came from the server");
+  const got = await ask(PROMPT, { maxTokens: 6 });
+  assert.deepEqual(got.ids, nativeIds(PROMPT, 6));
+});

@@ -62,6 +62,10 @@ fn err(e: Error) -> JsValue {
     js_error(class(&e), &e.to_string())
 }
 
+fn busy() -> JsValue {
+    js_error("PuyuError", "the engine is busy with a request: await it, or call interrupt() and then await it")
+}
+
 fn invalid(message: impl AsRef<str>) -> JsValue {
     js_error("InvalidOptionError", message.as_ref())
 }
@@ -192,11 +196,11 @@ fn float(request: &Value, key: &str, default: f32) -> Result<f32, JsValue> {
 #[wasm_bindgen]
 impl Engine {
     /// JSON: the adapter and features, the context, GPU memory, the model's sizes.
-    pub fn info(&self) -> String {
-        let inner = self.inner.borrow();
+    pub fn info(&self) -> Result<String, JsValue> {
+        let inner = self.inner.try_borrow().map_err(|_| busy())?;
         let m = &inner.model;
         let c = &m.config;
-        json!({
+        Ok(json!({
             "adapter": m.adapter_info().name,
             "backend": format!("{:?}", m.adapter_info().backend),
             "description": m.describe(),
@@ -207,12 +211,12 @@ impl Engine {
             "hidden_size": c.hidden_size,
             "vocab_size": c.vocab_size,
         })
-        .to_string()
+        .to_string())
     }
 
     /// The ids of `text` (no BOS), for tests and token counting.
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, JsValue> {
-        self.inner.borrow().tokenizer.encode(text, false).map_err(err)
+        self.inner.try_borrow().map_err(|_| busy())?.tokenizer.encode(text, false).map_err(err)
     }
 
     /// Runs a chat request (JSON: `messages`, `max_tokens`, `temperature`, `top_p`, `top_k`,
@@ -222,10 +226,11 @@ impl Engine {
     /// `cached_tokens` (prompt tokens reused from the cache, not run again).
     pub fn generate(&self, request_json: String, on_token: js_sys::Function) -> js_sys::Promise {
         let inner = self.inner.clone();
+        // The engine stays borrowed for the whole generation, across its GPU awaits: on the
+        // browser's one thread, every other call finds it busy (a named error, not a panic).
+        #[allow(clippy::await_holding_refcell_ref)]
         wasm_bindgen_futures::future_to_promise(async move {
-            let mut guard = inner
-                .try_borrow_mut()
-                .map_err(|_| js_error("PuyuError", "the engine is busy with another request: await it or call interrupt() first"))?;
+            let mut guard = inner.try_borrow_mut().map_err(|_| busy())?;
             let inner = &mut *guard;
             let request: Value = serde_json::from_str(&request_json).map_err(|e| invalid(format!("request: {e}")))?;
             let sampling = SamplingParams {
@@ -297,15 +302,23 @@ impl Engine {
 
     /// Forgets the conversation in the cache.
     pub fn reset(&self) -> Result<(), JsValue> {
-        let mut inner = self.inner.try_borrow_mut().map_err(|_| js_error("PuyuError", "the engine is busy: call interrupt() first"))?;
+        let mut inner = self.inner.try_borrow_mut().map_err(|_| busy())?;
         inner.model.reset();
         inner.cached.clear();
         Ok(())
     }
 
+    /// Destroys the device as a driver reset would, leaving the engine in place: what a lost
+    /// device looks like to the page (tests use it; the next request fails with
+    /// DeviceLostError and a new engine can be loaded without reloading the page).
+    pub fn lose_device_for_testing(&self) -> Result<(), JsValue> {
+        self.inner.try_borrow().map_err(|_| busy())?.model.gpu().device.destroy();
+        Ok(())
+    }
+
     /// Destroys the GPU device's buffers now rather than at garbage collection.
     pub fn unload(&self) -> Result<(), JsValue> {
-        let inner = self.inner.try_borrow().map_err(|_| js_error("PuyuError", "the engine is busy: call interrupt() first"))?;
+        let inner = self.inner.try_borrow().map_err(|_| busy())?;
         inner.model.gpu().device.destroy();
         Ok(())
     }

@@ -214,9 +214,12 @@ impl Gpu {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Gpu(e.to_string()))?;
+        // Our readbacks are valid by construction, so a failed map means the device is gone
+        // (in the browser the map fails before the device-lost callback has run).
+        let lost = |reason: String| self.check_alive().err().unwrap_or(Error::DeviceLost { reason });
         rx.await
-            .map_err(|_| Error::Gpu("buffer mapping was cancelled".into()))?
-            .map_err(|e| Error::Gpu(e.to_string()))?;
+            .map_err(|_| lost("a readback was cancelled".into()))?
+            .map_err(|e| lost(format!("a readback failed: {e}")))?;
         let view = slice.get_mapped_range().map_err(|e| Error::Gpu(e.to_string()))?;
         let data = bytemuck::cast_slice(&view).to_vec();
         drop(view);

@@ -1,0 +1,143 @@
+// The npm package as a user gets it: `npm pack` of pkg/, installed into a fresh scratch
+// project, imported by a page there with a bare specifier ("puyu", through an import map)
+// and run in Chromium: createEngine on the page's thread and createWorkerEngine in a module
+// worker both give the native CLI's greedy ids; the next turn reuses the cache and gives the
+// same ids as recomputing it; the named errors reach the caller.
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+
+import { browser, serve, nativeIds, ROOT, TINY } from "./harness.mjs";
+
+let scratch, server, port, b, page;
+
+before(async () => {
+  scratch = fs.mkdtempSync(path.join(os.tmpdir(), "puyu-npm-"));
+  const packed = execFileSync("npm", ["pack", path.join(ROOT, "pkg"), "--pack-destination", scratch, "--json", "--loglevel=error"], { encoding: "utf8" });
+  const [{ filename, files }] = JSON.parse(packed);
+  const names = files.map((f) => f.path);
+  for (const f of ["puyu.js", "puyu.d.ts", "worker.js", "wasm/puyu_wasm.js", "wasm/puyu_wasm_bg.wasm"]) assert.ok(names.includes(f), `the package lacks ${f}`);
+  assert.ok(!names.some((n) => n.startsWith("test/")), "tests are not packed");
+  const app = path.join(scratch, "app");
+  fs.mkdirSync(app);
+  fs.writeFileSync(path.join(app, "package.json"), JSON.stringify({ name: "scratch-app", private: true, type: "module" }));
+  execFileSync("npm", ["install", "--no-audit", "--no-fund", "--loglevel=error", path.join(scratch, filename)], { cwd: app });
+  fs.cpSync(TINY, path.join(app, "models/tiny-q4"), { recursive: true });
+  fs.writeFileSync(path.join(app, "index.html"), `<!doctype html>
+<script type="importmap">{ "imports": { "puyu": "./node_modules/puyu/puyu.js" } }</script>
+<script type="module">
+  import * as puyu from "puyu";
+  window.puyu = puyu;
+  window.workerUrl = new URL("./node_modules/puyu/worker.js", import.meta.url).href;
+</script>`);
+  ({ server, port } = await serve({ root: app }));
+  b = await browser();
+  page = await b.context.newPage();
+  page.on("pageerror", (e) => console.error("page error:", e.message));
+  await page.goto(`http://127.0.0.1:${port}/`);
+  await page.waitForFunction(() => window.puyu);
+});
+
+after(async () => {
+  await b?.close();
+  server?.close();
+  if (scratch) fs.rmSync(scratch, { recursive: true, force: true });
+});
+
+const PROMPT = "你好";
+const messages = [{ role: "user", content: PROMPT }];
+
+test("createEngine: the native ids, OpenAI shapes, and a reused cache equals a recomputed one", async () => {
+  const want = nativeIds(PROMPT, 12);
+  const out = await page.evaluate(async (messages) => {
+    const phases = new Set();
+    const engine = await window.puyu.createEngine({ model: "models/tiny-q4/", onProgress: (p) => phases.add(p.phase) });
+    const first = await engine.chat.completions.create({ messages, max_tokens: 12, temperature: 0 });
+    const next = [...messages, { role: "assistant", content: first.choices[0].message.content }, { role: "user", content: "继续" }];
+    const chunks = [];
+    for await (const c of engine.chat.completions.create({ messages: next, max_tokens: 6, temperature: 0, stream: true })) chunks.push(c);
+    engine.resetChat();
+    const again = await engine.chat.completions.create({ messages: next, max_tokens: 6, temperature: 0 });
+    const info = engine.info();
+    await engine.unload();
+    return { phases: [...phases], first, chunks, again, info };
+  }, messages);
+  assert.deepEqual(out.phases, ["fetch", "compile", "download", "ready"]);
+  assert.deepEqual(out.first.puyu.token_ids, want);
+  assert.equal(out.first.object, "chat.completion");
+  assert.equal(out.first.choices[0].message.role, "assistant");
+  assert.equal(out.first.usage.completion_tokens, want.length);
+  assert.equal(out.first.usage.extra.cached_prompt_tokens, 0);
+
+  const last = out.chunks.at(-1);
+  assert.ok(out.chunks.slice(0, -1).every((c) => c.object === "chat.completion.chunk" && c.choices[0].finish_reason === null));
+  assert.equal(out.chunks[0].choices[0].delta.role, "assistant");
+  assert.ok(last.usage.extra.cached_prompt_tokens >= out.first.usage.prompt_tokens, "the second turn reuses the first");
+  assert.equal(out.again.usage.extra.cached_prompt_tokens, 0, "after resetChat nothing is reused");
+  assert.deepEqual(last.puyu.token_ids, out.again.puyu.token_ids, "reusing the cache gives what recomputing gives");
+  assert.equal(out.info.f16, false);
+  assert.ok(out.info.memory.weights > 0 && out.info.wasmMemoryBytes > 0);
+});
+
+test("createWorkerEngine: the same ids from a module worker, streamed", async () => {
+  const want = nativeIds(PROMPT, 12);
+  const out = await page.evaluate(async (messages) => {
+    const worker = new Worker(window.workerUrl, { type: "module" });
+    const engine = await window.puyu.createWorkerEngine(worker, { model: "models/tiny-q4/" });
+    const ids = [];
+    let last;
+    for await (const c of engine.chat.completions.create({ messages, max_tokens: 12, temperature: 0, stream: true })) {
+      if (c.choices[0].finish_reason === null) ids.push(...c.puyu.token_ids);
+      last = c;
+    }
+    await engine.unload();
+    worker.terminate();
+    return { ids, all: last.puyu.token_ids, finish: last.choices[0].finish_reason, model: engine.model };
+  }, messages);
+  assert.deepEqual(out.all, want);
+  assert.deepEqual(out.ids, out.finish === "stop" ? want.slice(0, -1) : want);
+  assert.equal(out.model, "tiny-q4");
+});
+
+test("named errors: bad options, a prompt over the context, a missing model, a lost device (then a new engine)", async () => {
+  const out = await page.evaluate(async (messages) => {
+    const { createEngine, InvalidOptionError, ContextLengthError, ModelLoadError } = window.puyu;
+    const caught = async (f) => {
+      try { await f(); return null; } catch (e) { return { name: e.name, message: e.message, ours: e instanceof window.puyu.PuyuError }; }
+    };
+    const small = await createEngine({ model: "models/tiny-q4/", context: 32 });
+    return {
+      option: await caught(() => small.chat.completions.create({ messages, temperature: -1 })),
+      context: await caught(() => small.chat.completions.create({ messages, max_tokens: 4 })),
+      missing: await caught(() => createEngine({ model: "models/nothing-here/" })),
+      unknown: await caught(() => createEngine({ model: "models/tiny-q4/", contxt: 5 })),
+      lost: await (async () => {
+        const victim = await createEngine({ model: "models/tiny-q4/" });
+        victim.loseDeviceForTesting();
+        await new Promise((r) => setTimeout(r, 50));
+        const error = await caught(() => victim.chat.completions.create({ messages, max_tokens: 2 }));
+        // A new engine loads without reloading the page.
+        const fresh = await createEngine({ model: "models/tiny-q4/" });
+        const reply = await fresh.chat.completions.create({ messages, max_tokens: 2, temperature: 0 });
+        return { error, ids: reply.puyu.token_ids };
+      })(),
+      classes: [InvalidOptionError, ContextLengthError, ModelLoadError].map((c) => c.name),
+    };
+  }, messages);
+  assert.deepEqual(out.classes, ["InvalidOptionError", "ContextLengthError", "ModelLoadError"]);
+  assert.equal(out.option.name, "InvalidOptionError");
+  assert.match(out.option.message, /temperature/);
+  assert.equal(out.context.name, "ContextLengthError");
+  assert.match(out.context.message, /context is full: \d+ tokens needed, room for 32/);
+  assert.equal(out.missing.name, "ModelLoadError");
+  assert.match(out.missing.message, /HTTP 404/);
+  assert.equal(out.unknown.name, "InvalidOptionError");
+  assert.ok([out.option, out.context, out.missing, out.unknown].every((e) => e.ours));
+  assert.equal(out.lost.error?.name, "DeviceLostError", JSON.stringify(out.lost.error));
+  assert.match(out.lost.error.message, /device was lost .*load the model again/);
+  assert.deepEqual(out.lost.ids, nativeIds(PROMPT, 12).slice(0, 2));
+});
