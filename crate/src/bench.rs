@@ -109,7 +109,7 @@ pub fn kernels(gpu: &crate::gpu::Gpu, config: &crate::ModelConfig, prefill: usiz
     let (h, i, v) = (config.hidden_size, config.intermediate_size, config.vocab_size);
     let mut rows = Vec::new();
     let matrices = [("wqkv", config.qkv_rows(), h), ("wo", h, config.num_heads * config.head_dim), ("w1", i, h), ("w2", h, i), ("output", v, h)];
-    let mut schedules = vec!["ROW_PER_LANE", ""];
+    let mut schedules = vec!["ROW_PER_LANE", "ROW_PER_LANE+ROWS2", "ROW_PER_LANE+ROWS4", ""];
     if gpu.subgroups {
         schedules.push("SUBGROUPS");
     }
@@ -124,9 +124,11 @@ pub fn kernels(gpu: &crate::gpu::Gpu, config: &crate::ModelConfig, prefill: usiz
             for &schedule in &schedules {
                 for &tile in tiles {
                     let mut defines = vec!["Q4"];
-                    defines.extend([schedule, if tile == 4 { "TILE4" } else if tile == 8 { "TILE8" } else { "" }].into_iter().filter(|d| !d.is_empty()));
+                    defines.extend(schedule.split('+').filter(|d| !d.is_empty()));
+                    defines.extend([if tile == 4 { "TILE4" } else if tile == 8 { "TILE8" } else { "" }].into_iter().filter(|d| !d.is_empty()));
                     let r = n_rows as u32;
-                    let g = if schedule == "ROW_PER_LANE" { r.div_ceil(64) } else { r };
+                    let per_lane = if schedule.contains("ROWS4") { 4 } else if schedule.contains("ROWS2") { 2 } else { 1 };
+                    let g = if schedule.starts_with("ROW_PER_LANE") { r.div_ceil(64 * per_lane) } else { r };
                     let launch = Launch {
                         source: shaders::MATMUL,
                         entry: "matmul",

@@ -77,19 +77,20 @@ fn matmul_all_variants_and_shapes() {
                 let y0 = values(tokens * rows, 9);
                 let want = reference::matmul(&x, &wq, cols);
                 for tile in ["", "TILE4", "TILE8"] {
-                    for schedule in ["ROW_PER_LANE", "", "SUBGROUPS"] {
+                    for schedule in ["ROW_PER_LANE", "ROW_PER_LANE+ROWS2", "ROW_PER_LANE+ROWS4", "", "SUBGROUPS"] {
                         if schedule == "SUBGROUPS" && !g.subgroups {
                             continue;
                         }
                         for add in [false, true] {
                             let mut defines: Vec<&str> = vec![quant.to_string().to_uppercase().leak()];
-                            defines.extend([tile, schedule].into_iter().filter(|d| !d.is_empty()));
+                            defines.extend(tile.split('+').chain(schedule.split('+')).filter(|d| !d.is_empty()));
                             if add {
                                 defines.push("ADD");
                             }
                             let t = match tile { "TILE4" => 4, "TILE8" => 8, _ => 1 };
                             let r = rows as u32;
-                            let groups = if schedule == "ROW_PER_LANE" { r.div_ceil(64) } else { r };
+                            let per_lane = if schedule.ends_with("ROWS4") { 4 } else if schedule.ends_with("ROWS2") { 2 } else { 1 };
+                            let groups = if schedule.starts_with("ROW_PER_LANE") { r.div_ceil(64 * per_lane) } else { r };
                             let out = run(&g, Launch {
                                 source: shaders::MATMUL,
                                 entry: "matmul",

@@ -122,10 +122,13 @@ fn split_buffers_give_the_same_logits() {
 }
 
 /// Both matmul schedules, whichever the adapter would pick (lavapipe: a lane per row); the
-/// workgroup one with subgroup reductions and with shared memory.
+/// lane-per-row one with 1 and 2 rows per lane too (the default is 4); the workgroup one with
+/// subgroup reductions and with shared memory.
 #[test]
 fn both_matmul_schedules() {
-    check_with(TINY, Quant::Q8, GpuOptions { matmul: Schedule::RowPerLane, ..sized(256, 64) }, FeatureWish::default());
+    for rows_per_lane in [1, 2, 4] {
+        check_with(TINY, Quant::Q8, GpuOptions { matmul: Schedule::RowPerLane, rows_per_lane, ..sized(256, 64) }, FeatureWish::default());
+    }
     for wish in [FeatureWish::default(), FeatureWish::PORTABLE] {
         check_with(TINY, Quant::Q8, GpuOptions { matmul: Schedule::Workgroup, ..sized(256, 64) }, wish);
     }

@@ -42,6 +42,10 @@ pub mod shaders {
                         let defs = [Some(quant), add, tile, schedule];
                         v.push(("matmul.wgsl", MATMUL, defs.into_iter().flatten().collect()));
                     }
+                    for rows in ["ROWS2", "ROWS4"] {
+                        let defs = [Some(quant), add, tile, Some("ROW_PER_LANE"), Some(rows)];
+                        v.push(("matmul.wgsl", MATMUL, defs.into_iter().flatten().collect()));
+                    }
                 }
             }
         }

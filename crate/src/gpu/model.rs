@@ -35,7 +35,8 @@ enum Op {
     Embed { row0: u32, rows: u32 },
     Norm,
     /// Rows [row0, row0 + rows) of a matrix with `total` rows (one buffer of it).
-    Matmul { row0: u32, rows: u32, total: u32, cols: u32, row_per_lane: bool },
+    /// `per_lane`: rows per lane in the lane-per-row schedule, 0 in the workgroup one.
+    Matmul { row0: u32, rows: u32, total: u32, cols: u32, per_lane: u32 },
     Rope,
     /// Attention over one KV split per workgroup (see attention.wgsl), then the splits merged.
     Attend,
@@ -102,11 +103,13 @@ pub struct GpuOptions {
     pub matmul: Schedule,
     /// Tokens per matrix-product tile in steps of several tokens: 1, 4 or 8.
     pub prefill_tile: u32,
+    /// Rows each lane computes in the lane-per-row schedule: 1, 2 or 4.
+    pub rows_per_lane: u32,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { context: 4096, chunk: 128, weight_binding_limit: None, matmul: Schedule::Auto, prefill_tile: 8 }
+        GpuOptions { context: 4096, chunk: 128, weight_binding_limit: None, matmul: Schedule::Auto, prefill_tile: 8, rows_per_lane: 4 }
     }
 }
 
@@ -192,6 +195,9 @@ impl GpuModel {
         if hd > 256 {
             return Err(Error::Gpu(format!("head_dim {hd} is over the attention kernel's 256")));
         }
+        if ![1, 2, 4].contains(&options.rows_per_lane) {
+            return Err(Error::Gpu(format!("rows_per_lane must be 1, 2 or 4, not {}", options.rows_per_lane)));
+        }
         let prefill_tile = options.prefill_tile;
         if ![1, 4, 8].contains(&prefill_tile) {
             return Err(Error::Gpu(format!("prefill_tile must be 1, 4 or 8, not {prefill_tile}")));
@@ -265,7 +271,8 @@ impl GpuModel {
         };
 
         let mut pipelines = Pipelines::default();
-        let kernel = MatmulKernel { row_per_lane, subgroups: gpu.subgroups, tile: prefill_tile };
+        let per_lane = if row_per_lane { options.rows_per_lane } else { 0 };
+        let kernel = MatmulKernel { per_lane, subgroups: gpu.subgroups, tile: prefill_tile };
         let mut steps: Vec<StepSpec> = Vec::new();
         // Built first so the borrows below can refer to them.
         let embedding = weight("model.tok_embeddings.weight")?;
@@ -563,13 +570,13 @@ impl GpuModel {
             let groups = match step.op {
                 Op::Embed { .. } => [h.div_ceil(64), n, 1],
                 Op::Norm => [n, 1, 1],
-                Op::Matmul { rows, row_per_lane, .. } => {
+                Op::Matmul { rows, per_lane, .. } => {
                     // Products over several tokens run token-tiled.
                     let tile = if n > 1 { self.prefill_tile } else { 1 };
                     if tile > 1 {
                         pipeline = step.tiled.as_ref().expect("matmul steps have a tiled pipeline");
                     }
-                    let g = if row_per_lane { rows.div_ceil(64) } else { rows };
+                    let g = if per_lane > 0 { rows.div_ceil(64 * per_lane) } else { rows };
                     [g.min(65535), g.div_ceil(65535), n.div_ceil(tile)]
                 }
                 Op::Rope => [(hd / 2).div_ceil(64), c.kv_group() as u32 + 2, nkv * n],
@@ -612,7 +619,8 @@ type StepSpec<'b> = (Op, wgpu::ComputePipeline, Option<wgpu::ComputePipeline>, V
 /// Which matmul.wgsl variant the matrix products use.
 #[derive(Clone, Copy)]
 struct MatmulKernel {
-    row_per_lane: bool,
+    /// Rows per lane in the lane-per-row schedule; 0: a workgroup per row.
+    per_lane: u32,
     subgroups: bool,
     /// Tokens per tile in steps of several tokens.
     tile: u32,
@@ -642,9 +650,13 @@ fn push_matmul<'b>(
             8 => defs.push("TILE8"),
             _ => {}
         }
-        if kernel.row_per_lane {
-            defs.push("ROW_PER_LANE");
-        } else if kernel.subgroups {
+        match kernel.per_lane {
+            0 => {}
+            1 => defs.push("ROW_PER_LANE"),
+            2 => defs.extend(["ROW_PER_LANE", "ROWS2"]),
+            _ => defs.extend(["ROW_PER_LANE", "ROWS4"]),
+        }
+        if kernel.per_lane == 0 && kernel.subgroups {
             defs.push("SUBGROUPS");
         }
         Ok(defs)
@@ -652,7 +664,7 @@ fn push_matmul<'b>(
     let pipeline = pl.get(dev, "matmul", shaders::MATMUL, "matmul", &defines(1)?, &binds)?;
     let tiled = pl.get(dev, "matmul", shaders::MATMUL, "matmul", &defines(kernel.tile)?, &binds)?;
     for c in &w.chunks {
-        let op = Op::Matmul { row0: c.row0 as u32, rows: c.rows as u32, total: w.rows as u32, cols: cols as u32, row_per_lane: kernel.row_per_lane };
+        let op = Op::Matmul { row0: c.row0 as u32, rows: c.rows as u32, total: w.rows as u32, cols: cols as u32, per_lane: kernel.per_lane };
         steps.push((op, pipeline.clone(), Some(tiled.clone()), vec![x, &c.data, &c.scales, y]));
     }
     Ok(())
