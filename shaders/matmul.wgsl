@@ -15,7 +15,8 @@
 // computes rows [row0, row0 + rows) of y, whose rows are `total` long.
 // Variants (preprocessor): Q4 | Q8 | F16 weights (see crate/src/quant.rs for the packing);
 // ADD accumulates into y (the residual add fused into the epilogue); TILE4 | TILE8;
-// ROW_PER_LANE (with ROWS2 | ROWS4 rows per lane); SUBGROUPS (workgroup schedule only).
+// ROW_PER_LANE (with ROWS2, or ROWS2 + ROWS4, rows per lane); SUBGROUPS (workgroup schedule
+// only).
 // (naga takes subgroup built-ins without `enable subgroups;` and rejects that directive; the
 // variant is only used natively, as wasm wgpu exposes no subgroups.)
 
@@ -75,43 +76,36 @@ fn bytes4(word: u32) -> vec4<f32> {
     return vec4<f32>((vec4<i32>(bitcast<i32>(word)) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
 }
 
-// The 32 weights of group `g` of row `row` as 8 vec4s, and the group's scale. A group is 1
-// (Q4), 2 (Q8) or 4 (F16) 16-byte loads.
-struct Group {
-    w: array<vec4<f32>, 8>,
-    d: f32,
-}
-
-fn group_weights(row: u32, g: u32) -> Group {
+// Unpacks the 32 weights of group `g` of row `row` into `wv` (8 vec4s) and returns the
+// group's scale. A group is 1 (Q4), 2 (Q8) or 4 (F16) 16-byte loads.
+fn load_group(row: u32, g: u32, wv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
     let groups = p.cols / 32u;
-    var out: Group;
 #if Q4
     let words = w[row * groups + g];
     for (var q = 0u; q < 4u; q++) {
         let n = nibbles(words[q]);
-        out.w[2u * q] = n[0];
-        out.w[2u * q + 1u] = n[1];
+        (*wv)[2u * q] = n[0];
+        (*wv)[2u * q + 1u] = n[1];
     }
-    out.d = scale(row, g);
+    return scale(row, g);
 #endif
 #if Q8
     for (var h = 0u; h < 2u; h++) {
         let words = w[(row * groups + g) * 2u + h];
         for (var q = 0u; q < 4u; q++) {
-            out.w[4u * h + q] = bytes4(words[q]);
+            (*wv)[4u * h + q] = bytes4(words[q]);
         }
     }
-    out.d = scale(row, g);
+    return scale(row, g);
 #endif
 #if F16
     for (var h = 0u; h < 4u; h++) {
         let words = w[(row * groups + g) * 4u + h];
-        out.w[2u * h] = vec4<f32>(unpack2x16float(words[0]), unpack2x16float(words[1]));
-        out.w[2u * h + 1u] = vec4<f32>(unpack2x16float(words[2]), unpack2x16float(words[3]));
+        (*wv)[2u * h] = vec4<f32>(unpack2x16float(words[0]), unpack2x16float(words[1]));
+        (*wv)[2u * h + 1u] = vec4<f32>(unpack2x16float(words[2]), unpack2x16float(words[3]));
     }
-    out.d = 1.0;
+    return 1.0;
 #endif
-    return out;
 }
 
 // Σ over this lane's share of row `row` (32-weight groups lane, lane + stride, …) against
@@ -121,14 +115,15 @@ fn dot_groups(row: u32, t0: u32, lane: u32, stride: u32) -> array<f32, TILE> {
     let groups = p.cols / 32u;
     var acc: array<f32, TILE>;
     for (var g = lane; g < groups; g += stride) {
-        let gw = group_weights(row, g);
+        var wv: array<vec4<f32>, 8>;
+        let d = load_group(row, g, &wv);
         for (var j = 0u; j < TILE; j++) {
             let k = xb[j] + g * 8u;
             var s = 0.0;
             for (var m = 0u; m < 8u; m++) {
-                s += dot(gw.w[m], x[k + m]);
+                s += dot(wv[m], x[k + m]);
             }
-            acc[j] += s * gw.d;
+            acc[j] += s * d;
         }
     }
     return acc;
@@ -147,8 +142,11 @@ fn store(row: u32, t: u32, value: f32) {
 }
 
 #if ROW_PER_LANE
-// ROWS rows per lane (ROWS2 / ROWS4): every x value loaded serves ROWS rows. On CPU drivers
-// loads of x, the same for every lane, cost more than the arithmetic; this divides them.
+// 2 or 4 rows per lane (ROWS2; ROWS4 together with ROWS2): every x value loaded serves
+// them all. On CPU drivers the loads of x, the same for every lane, cost more than the
+// arithmetic; this divides them. The rows' weights live in plain arrays w0..w3 and their sums
+// in the components of one vec4 (Chromium's compiler miscompiled a pointer into an array of
+// arrays here; found on SwiftShader).
 #if ROWS4
 const ROWS: u32 = 4u;
 #else
@@ -160,7 +158,7 @@ const ROWS: u32 = 1u;
 #endif
 
 // x: block of 64 · ROWS rows (+ y · 65535 beyond 65535 workgroups), z: token tile. Lane
-// `lane` computes rows first + lane + 64 · r.
+// `lane` computes rows first + 64 · r, r < ROWS.
 @compute @workgroup_size(64)
 fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
     let first = (wg.x + wg.y * 65535u) * LANES * ROWS + lane;
@@ -169,36 +167,45 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         return;
     }
     // Rows past the end compute on the last row and are not stored.
-    var rows: array<u32, ROWS>;
-    for (var r = 0u; r < ROWS; r++) {
-        rows[r] = min(first + r * LANES, p.rows - 1u);
-    }
+    let last = p.rows - 1u;
+    let rows = vec4<u32>(first, min(first + LANES, last), min(first + 2u * LANES, last), min(first + 3u * LANES, last));
     let xb = token_bases(t0);
     let groups = p.cols / 32u;
-    var acc: array<array<f32, TILE>, ROWS>;
+    var acc: array<vec4<f32>, TILE>;
     for (var g = 0u; g < groups; g++) {
-        var gw: array<Group, ROWS>;
-        for (var r = 0u; r < ROWS; r++) {
-            gw[r] = group_weights(rows[r], g);
-        }
+        var w0: array<vec4<f32>, 8>;
+        var d = vec4<f32>(load_group(rows.x, g, &w0), 0.0, 0.0, 0.0);
+#if ROWS2
+        var w1: array<vec4<f32>, 8>;
+        d.y = load_group(rows.y, g, &w1);
+#endif
+#if ROWS4
+        var w2: array<vec4<f32>, 8>;
+        var w3: array<vec4<f32>, 8>;
+        d.z = load_group(rows.z, g, &w2);
+        d.w = load_group(rows.w, g, &w3);
+#endif
         for (var j = 0u; j < TILE; j++) {
             let k = xb[j] + g * 8u;
-            var s: array<f32, ROWS>;
+            var s = vec4<f32>(0.0);
             for (var m = 0u; m < 8u; m++) {
                 let xv = x[k + m];
-                for (var r = 0u; r < ROWS; r++) {
-                    s[r] += dot(gw[r].w[m], xv);
-                }
+                s.x += dot(w0[m], xv);
+#if ROWS2
+                s.y += dot(w1[m], xv);
+#endif
+#if ROWS4
+                s.z += dot(w2[m], xv);
+                s.w += dot(w3[m], xv);
+#endif
             }
-            for (var r = 0u; r < ROWS; r++) {
-                acc[r][j] += s[r] * gw[r].d;
-            }
+            acc[j] += s * d;
         }
     }
     for (var r = 0u; r < ROWS; r++) {
         if (first + r * LANES < p.rows) {
             for (var j = 0u; j < TILE; j++) {
-                store(first + r * LANES, t0 + j, acc[r][j]);
+                store(first + r * LANES, t0 + j, acc[j][r]);
             }
         }
     }

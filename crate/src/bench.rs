@@ -109,7 +109,7 @@ pub fn kernels(gpu: &crate::gpu::Gpu, config: &crate::ModelConfig, prefill: usiz
     let (h, i, v) = (config.hidden_size, config.intermediate_size, config.vocab_size);
     let mut rows = Vec::new();
     let matrices = [("wqkv", config.qkv_rows(), h), ("wo", h, config.num_heads * config.head_dim), ("w1", i, h), ("w2", h, i), ("output", v, h)];
-    let mut schedules = vec!["ROW_PER_LANE", "ROW_PER_LANE+ROWS2", "ROW_PER_LANE+ROWS4", ""];
+    let mut schedules = vec!["ROW_PER_LANE", "ROW_PER_LANE+ROWS2", "ROW_PER_LANE+ROWS2+ROWS4", ""];
     if gpu.subgroups {
         schedules.push("SUBGROUPS");
     }

@@ -77,7 +77,7 @@ fn matmul_all_variants_and_shapes() {
                 let y0 = values(tokens * rows, 9);
                 let want = reference::matmul(&x, &wq, cols);
                 for tile in ["", "TILE4", "TILE8"] {
-                    for schedule in ["ROW_PER_LANE", "ROW_PER_LANE+ROWS2", "ROW_PER_LANE+ROWS4", "", "SUBGROUPS"] {
+                    for schedule in ["ROW_PER_LANE", "ROW_PER_LANE+ROWS2", "ROW_PER_LANE+ROWS2+ROWS4", "", "SUBGROUPS"] {
                         if schedule == "SUBGROUPS" && !g.subgroups {
                             continue;
                         }

@@ -21,13 +21,17 @@ export function chromiumPath() {
   return p;
 }
 
-/** A persistent context (so the Cache API survives page loads) on a fresh profile. */
-export async function browser() {
+/**
+ * A persistent context (so the Cache API survives page loads) on a fresh profile; with
+ * `webgpu: false`, Chromium as it starts without the flag that turns WebGPU on (Linux).
+ */
+export async function browser({ webgpu = true } = {}) {
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), "puyu-pw-"));
+  const flags = ["--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"];
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: chromiumPath(),
     headless: true,
-    args: ["--enable-unsafe-webgpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+    args: webgpu ? ["--enable-unsafe-webgpu", ...flags] : flags,
   });
   const errors = [];
   context.on("weberror", (e) => errors.push(String(e.error())));

@@ -115,6 +115,8 @@ test("named errors: bad options, a prompt over the context, a missing model, a l
       context: await caught(() => small.chat.completions.create({ messages, max_tokens: 4 })),
       missing: await caught(() => createEngine({ model: "models/nothing-here/" })),
       unknown: await caught(() => createEngine({ model: "models/tiny-q4/", contxt: 5 })),
+      // A KV cache of 10 M tokens needs more than the adapter's storage-binding limit.
+      limits: await caught(() => createEngine({ model: "models/tiny-q4/", context: 10_000_000 })),
       lost: await (async () => {
         const victim = await createEngine({ model: "models/tiny-q4/" });
         victim.loseDeviceForTesting();
@@ -136,8 +138,32 @@ test("named errors: bad options, a prompt over the context, a missing model, a l
   assert.equal(out.missing.name, "ModelLoadError");
   assert.match(out.missing.message, /HTTP 404/);
   assert.equal(out.unknown.name, "InvalidOptionError");
-  assert.ok([out.option, out.context, out.missing, out.unknown].every((e) => e.ours));
+  assert.ok([out.option, out.context, out.missing, out.unknown, out.limits].every((e) => e.ours));
+  assert.equal(out.limits.name, "DeviceLimitsError");
+  assert.match(out.limits.message, /max_storage_buffer_binding_size .* use a shorter context/);
   assert.equal(out.lost.error?.name, "DeviceLostError", JSON.stringify(out.lost.error));
   assert.match(out.lost.error.message, /device was lost .*load the model again/);
   assert.deepEqual(out.lost.ids, nativeIds(PROMPT, 12).slice(0, 2));
+});
+
+test("without WebGPU: the named error says what to do", async () => {
+  const plain = await browser({ webgpu: false });
+  try {
+    const p = await plain.context.newPage();
+    await p.goto(`http://127.0.0.1:${port}/`);
+    await p.waitForFunction(() => window.puyu);
+    const e = await p.evaluate(async () => {
+      try {
+        await window.puyu.createEngine({ model: "models/tiny-q4/" });
+        return null;
+      } catch (e) {
+        return { name: e.name, message: e.message };
+      }
+    });
+    assert.equal(e?.name, "WebGPUUnavailableError", JSON.stringify(e));
+    assert.match(e.message, /WebGPU/);
+    assert.doesNotMatch(e.message, /mesa-vulkan-drivers/, "the browser's remedy, not the native one");
+  } finally {
+    await plain.close();
+  }
 });

@@ -59,7 +59,17 @@ fn js_error(name: &str, message: &str) -> JsValue {
 }
 
 fn err(e: Error) -> JsValue {
-    js_error(class(&e), &e.to_string())
+    match &e {
+        // The native message's remedy (install a Vulkan driver) is not the browser's.
+        Error::NoAdapter { detail } => js_error(
+            class(&e),
+            &format!(
+                "WebGPU gave no GPU adapter ({detail}): WebGPU is off or unsupported here; use a recent Chrome, \
+                 Edge or Safari, Firefox with WebGPU on, or Chromium on Linux with --enable-unsafe-webgpu"
+            ),
+        ),
+        _ => js_error(class(&e), &e.to_string()),
+    }
 }
 
 fn busy() -> JsValue {

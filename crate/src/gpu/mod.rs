@@ -42,8 +42,8 @@ pub mod shaders {
                         let defs = [Some(quant), add, tile, schedule];
                         v.push(("matmul.wgsl", MATMUL, defs.into_iter().flatten().collect()));
                     }
-                    for rows in ["ROWS2", "ROWS4"] {
-                        let defs = [Some(quant), add, tile, Some("ROW_PER_LANE"), Some(rows)];
+                    for rows4 in [None, Some("ROWS4")] {
+                        let defs = [Some(quant), add, tile, Some("ROW_PER_LANE"), Some("ROWS2"), rows4];
                         v.push(("matmul.wgsl", MATMUL, defs.into_iter().flatten().collect()));
                     }
                 }

@@ -654,7 +654,7 @@ fn push_matmul<'b>(
             0 => {}
             1 => defs.push("ROW_PER_LANE"),
             2 => defs.extend(["ROW_PER_LANE", "ROWS2"]),
-            _ => defs.extend(["ROW_PER_LANE", "ROWS4"]),
+            _ => defs.extend(["ROW_PER_LANE", "ROWS2", "ROWS4"]),
         }
         if kernel.per_lane == 0 && kernel.subgroups {
             defs.push("SUBGROUPS");
