@@ -235,7 +235,6 @@ class WorkerEngine {
       for (const p of this.#pending.values()) p.reject(error);
       this.#pending.clear();
     });
-    this.chat = { completions: chatCompletions("", (req, onToken) => this.#call("chat", { request: req }, onToken)) };
   }
 
   #receive(msg) {
@@ -258,6 +257,7 @@ class WorkerEngine {
     });
   }
 
+  /** Loads the model in the worker; `chat` exists once it has (it needs the model's name). */
   async load(options, onProgress) {
     const { name } = await this.#call("load", { options }, onProgress);
     this.model = name;
