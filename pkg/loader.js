@@ -84,7 +84,7 @@ async function readAll(body) {
  * text})`: phase "fetch" (config, manifest, tokenizer), "compile" (GPU buffers and shaders),
  * "download" (from the network) or "upload" (from the cache or files; both go to the GPU).
  */
-export async function load(wasm, source, { context, f16, progress = () => {}, signal } = {}) {
+export async function load(wasm, source, { context, f16, kernels, progress = () => {}, signal } = {}) {
   progress({ phase: "fetch", loaded: 0, total: 3, text: `reading ${source.name}: config, manifest, tokenizer` });
   const text = async (file) => new TextDecoder().decode(await readAll((await source.open(file)).body));
   const config = await text("config.json");
@@ -100,7 +100,7 @@ export async function load(wasm, source, { context, f16, progress = () => {}, si
     throw new ModelLoadError(`manifest.json of ${source.name} is not JSON (${e.message}): is this a puyu model folder?`);
   }
   progress({ phase: "compile", loaded: 0, total: 1, text: "preparing GPU buffers and compiling shaders" });
-  const loader = await wasm.Loader.create(config, manifestText, tokenizer, JSON.stringify({ context: context ?? null, f16: f16 ?? true }));
+  const loader = await wasm.Loader.create(config, manifestText, tokenizer, JSON.stringify({ context: context ?? null, f16: f16 ?? true, kernels: kernels ?? null }));
   const total = manifest.shards.reduce((n, s) => n + s.size, 0);
   let loaded = 0;
   try {

@@ -17,6 +17,10 @@ export interface LoadOptions {
   context?: number;
   /** false: use the f32 path even where the device has shader-f16. */
   f16?: boolean;
+  /** Matrix-product variants, for benchmarks (default: the engine's choice for the adapter):
+   *  a lane per row ("lane", with 1, 2 or 4 rows per lane) or a workgroup per row, and the
+   *  tokens per tile in prefill. */
+  kernels?: { schedule?: "auto" | "lane" | "workgroup"; rowsPerLane?: 1 | 2 | 4; prefillTile?: 1 | 4 | 8 };
   /** Keep downloaded shards in the Cache API (default true). */
   useCache?: boolean;
   signal?: AbortSignal;

@@ -29,7 +29,7 @@ function wasmReady() {
   return ready;
 }
 
-const LOAD_OPTIONS = new Set(["model", "onProgress", "context", "f16", "useCache", "signal"]);
+const LOAD_OPTIONS = new Set(["model", "onProgress", "context", "f16", "kernels", "useCache", "signal"]);
 
 function checkLoadOptions(options) {
   if (options === null || typeof options !== "object") throw new InvalidOptionError("createEngine takes an options object with `model`");
@@ -182,7 +182,8 @@ export class Engine {
 /**
  * Loads a model on this thread. Options: `model` (base URL of a puyu model folder, or its
  * files), `onProgress({phase, loaded, total, text})`, `context` (tokens; default the
- * model's, at most 4096), `f16` (false: force the f32 path), `useCache` (default true).
+ * model's, at most 4096), `f16` (false: force the f32 path), `kernels` (matrix-product
+ * variants, for benchmarks: see puyu.d.ts), `useCache` (default true).
  */
 export async function createEngine(options) {
   checkLoadOptions(options);
@@ -196,7 +197,7 @@ export async function createEngine(options) {
   const progress = options.onProgress ?? (() => {});
   try {
     const source = sourceOf(options.model, { useCache: options.useCache ?? true });
-    const { engine, name } = await load(wasm, source, { context: options.context, f16: options.f16, progress, signal: options.signal });
+    const { engine, name } = await load(wasm, source, { context: options.context, f16: options.f16, kernels: options.kernels, progress, signal: options.signal });
     progress({ phase: "ready", loaded: 1, total: 1, text: `${name} is ready` });
     return new Engine(engine, name, exports);
   } catch (e) {

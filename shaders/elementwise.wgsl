@@ -2,7 +2,7 @@
 //
 // add:      out[i] = a[i] + b[i] for i < n (the kernel of the GPU smoke test that proves a
 //           real driver runs our WGSL).
-// silu_mul: out[i] = silu(a[i]) · b[i] (SwiGLU: a = gate = w1·x, b = up = w3·x).
+// (SwiGLU is fused into the gate/up matrix product: matmul.wgsl, GLU.)
 
 struct Params {
     n: u32,          // number of elements
@@ -22,14 +22,5 @@ fn add(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x;
     if (i < params.n) {
         out[i] = a[i] + b[i];
-    }
-}
-
-@compute @workgroup_size(64)
-fn silu_mul(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let i = gid.x + gid.y * 65535u * 64u;
-    if (i < params.n) {
-        let g = a[i];
-        out[i] = g / (1.0 + exp(-g)) * b[i];
     }
 }

@@ -9,14 +9,20 @@
 // Two schedules: by default one workgroup per (output row o, token tile), whose 64 lanes
 // split k and then reduce (in shared memory, or with subgroupAdd under SUBGROUPS); with
 // ROW_PER_LANE each lane computes a whole row, 64 rows per workgroup (better on CPU drivers
-// such as lavapipe and SwiftShader, whose lanes are SIMD slots of one core).
+// such as lavapipe and SwiftShader, whose lanes are SIMD slots of one core). Its one-token
+// form (decode) keeps no private arrays: group_dot sums straight from the packed words.
 //
 // W may be one of several row blocks of a matrix too big for one binding: this dispatch
 // computes rows [row0, row0 + rows) of y, whose rows are `total` long.
 // Variants (preprocessor): Q4 | Q8 | F16 weights (see crate/src/quant.rs for the packing);
 // ADD accumulates into y (the residual add fused into the epilogue); TILE4 | TILE8;
 // ROW_PER_LANE (with ROWS2, or ROWS2 + ROWS4, rows per lane); SUBGROUPS (workgroup schedule
-// only).
+// only); GLU, the feed-forward's gate and up products and SwiGLU in one dispatch:
+//   W = [W1 block; W3 block] (2 · rows rows: `rows` gate rows, then the same up rows),
+//   y[t, o] = silu(x·W1ᵀ)[t, o] · (x·W3ᵀ)[t, o]   for o < rows,
+// each gate row and its up row summed by the same lane (or workgroup), so x is read once for
+// both and the gate and up activations never go to memory (with ROW_PER_LANE it needs ROWS2:
+// a lane's row pairs are its output rows).
 // (naga takes subgroup built-ins without `enable subgroups;` and rejects that directive; the
 // variant is only used natively, as wasm wgpu exposes no subgroups.)
 
@@ -71,6 +77,14 @@ fn nibbles(word: u32) -> array<vec4<f32>, 2> {
     return array<vec4<f32>, 2>(lo, hi);
 }
 
+// The 8 weights of packed word `word` (Q4) times xa (weights 0–3) and xb (4–7).
+fn dot8(word: u32, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
+    let v = vec4<u32>(word);
+    let lo = vec4<f32>((v >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u)) - 8.0;
+    let hi = vec4<f32>((v >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u)) - 8.0;
+    return dot(lo, xa) + dot(hi, xb);
+}
+
 // The 4 signed bytes of a word (Q8), sign-extended.
 fn bytes4(word: u32) -> vec4<f32> {
     return vec4<f32>((vec4<i32>(bitcast<i32>(word)) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
@@ -108,6 +122,42 @@ fn load_group(row: u32, g: u32, wv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
 #endif
 }
 
+// Σ over group `g` of row `row` of its 32 weights times x0..x7 (8 vec4s of x), unscaled,
+// with no private arrays: SwiftShader (Chromium's CPU WebGPU) keeps dynamically indexed
+// private arrays in memory, so the decode kernel below avoids them.
+fn group_dot(row: u32, g: u32, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>, x4: vec4<f32>, x5: vec4<f32>, x6: vec4<f32>, x7: vec4<f32>) -> f32 {
+    let at = row * (p.cols / 32u) + g;
+#if Q4
+    let q = w[at];
+    return dot8(q.x, x0, x1) + dot8(q.y, x2, x3) + dot8(q.z, x4, x5) + dot8(q.w, x6, x7);
+#endif
+#if Q8
+    let a = w[2u * at];
+    let b = w[2u * at + 1u];
+    return dot(bytes4(a.x), x0) + dot(bytes4(a.y), x1) + dot(bytes4(a.z), x2) + dot(bytes4(a.w), x3)
+        + dot(bytes4(b.x), x4) + dot(bytes4(b.y), x5) + dot(bytes4(b.z), x6) + dot(bytes4(b.w), x7);
+#endif
+#if F16
+    let a = w[4u * at];
+    let b = w[4u * at + 1u];
+    let c = w[4u * at + 2u];
+    let e = w[4u * at + 3u];
+    return dot(vec4<f32>(unpack2x16float(a.x), unpack2x16float(a.y)), x0) + dot(vec4<f32>(unpack2x16float(a.z), unpack2x16float(a.w)), x1)
+        + dot(vec4<f32>(unpack2x16float(b.x), unpack2x16float(b.y)), x2) + dot(vec4<f32>(unpack2x16float(b.z), unpack2x16float(b.w)), x3)
+        + dot(vec4<f32>(unpack2x16float(c.x), unpack2x16float(c.y)), x4) + dot(vec4<f32>(unpack2x16float(c.z), unpack2x16float(c.w)), x5)
+        + dot(vec4<f32>(unpack2x16float(e.x), unpack2x16float(e.y)), x6) + dot(vec4<f32>(unpack2x16float(e.z), unpack2x16float(e.w)), x7);
+#endif
+}
+
+// The scale of group `g` of row `row` (1 for F16).
+fn group_scale(row: u32, g: u32) -> f32 {
+#if F16
+    return 1.0;
+#else
+    return scale(row, g);
+#endif
+}
+
 // Σ over this lane's share of row `row` (32-weight groups lane, lane + stride, …) against
 // each token of the tile starting at t0.
 fn dot_groups(row: u32, t0: u32, lane: u32, stride: u32) -> array<f32, TILE> {
@@ -127,6 +177,11 @@ fn dot_groups(row: u32, t0: u32, lane: u32, stride: u32) -> array<f32, TILE> {
         }
     }
     return acc;
+}
+
+// SwiGLU's activation, as the reference computes it.
+fn silu(g: f32) -> f32 {
+    return g / (1.0 + exp(-g));
 }
 
 fn store(row: u32, t: u32, value: f32) {
@@ -157,21 +212,36 @@ const ROWS: u32 = 1u;
 #endif
 #endif
 
-// x: block of 64 · ROWS rows (+ y · 65535 beyond 65535 workgroups), z: token tile. Lane
-// `lane` computes rows first + 64 · r, r < ROWS.
+#if GLU
+// Output rows per lane: each is a pair of slots (gate, up).
+const OUTS: u32 = ROWS / 2u;
+#else
+const OUTS: u32 = ROWS;
+#endif
+
+// x: block of 64 · OUTS output rows (+ y · 65535 beyond 65535 workgroups), z: token tile.
+// Lane `lane` computes rows first + 64 · r, r < ROWS (GLU: output rows first + 64 · r,
+// r < OUTS, whose gate rows sit in slots x, z and up rows in slots y, w).
 @compute @workgroup_size(64)
 fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
-    let first = (wg.x + wg.y * 65535u) * LANES * ROWS + lane;
+    let first = (wg.x + wg.y * 65535u) * LANES * OUTS + lane;
     let t0 = wg.z * TILE;
     if (first >= p.rows) {
         return;
     }
     // Rows past the end compute on the last row and are not stored.
     let last = p.rows - 1u;
+#if GLU
+    let second = min(first + LANES, last);
+    let rows = vec4<u32>(first, first + p.rows, second, second + p.rows);
+#else
     let rows = vec4<u32>(first, min(first + LANES, last), min(first + 2u * LANES, last), min(first + 3u * LANES, last));
-    let xb = token_bases(t0);
+#endif
     let groups = p.cols / 32u;
     var acc: array<vec4<f32>, TILE>;
+#if TILE4 | TILE8
+    // A tile of tokens (prefill): each row's group unpacked once, used for every token.
+    let xb = token_bases(t0);
     for (var g = 0u; g < groups; g++) {
         var w0: array<vec4<f32>, 8>;
         var d = vec4<f32>(load_group(rows.x, g, &w0), 0.0, 0.0, 0.0);
@@ -202,16 +272,85 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             acc[j] += s * d;
         }
     }
-    for (var r = 0u; r < ROWS; r++) {
+#else
+    // One token (decode): x's 8 vec4s of the group in locals, each row's group summed straight
+    // from its packed words.
+    for (var g = 0u; g < groups; g++) {
+        let k = min(t0, p.tokens - 1u) * (p.cols / 4u) + g * 8u;
+        let x0 = x[k];
+        let x1 = x[k + 1u];
+        let x2 = x[k + 2u];
+        let x3 = x[k + 3u];
+        let x4 = x[k + 4u];
+        let x5 = x[k + 5u];
+        let x6 = x[k + 6u];
+        let x7 = x[k + 7u];
+        var s = vec4<f32>(group_dot(rows.x, g, x0, x1, x2, x3, x4, x5, x6, x7) * group_scale(rows.x, g), 0.0, 0.0, 0.0);
+#if ROWS2
+        s.y = group_dot(rows.y, g, x0, x1, x2, x3, x4, x5, x6, x7) * group_scale(rows.y, g);
+#endif
+#if ROWS4
+        s.z = group_dot(rows.z, g, x0, x1, x2, x3, x4, x5, x6, x7) * group_scale(rows.z, g);
+        s.w = group_dot(rows.w, g, x0, x1, x2, x3, x4, x5, x6, x7) * group_scale(rows.w, g);
+#endif
+        acc[0] += s;
+    }
+#endif
+    for (var r = 0u; r < OUTS; r++) {
         if (first + r * LANES < p.rows) {
             for (var j = 0u; j < TILE; j++) {
+#if GLU
+                store(first + r * LANES, t0 + j, silu(acc[j][2u * r]) * acc[j][2u * r + 1u]);
+#else
                 store(first + r * LANES, t0 + j, acc[j][r]);
+#endif
             }
         }
     }
 }
 #else
 var<workgroup> partial: array<array<f32, TILE>, 64>;
+
+// The workgroup's total of each lane's `acc`, valid in lane 0 (call in uniform control flow).
+fn reduce(
+    acc: array<f32, TILE>,
+    lane: u32,
+#if SUBGROUPS
+    sg_lane: u32,
+    sg_size: u32,
+#endif
+) -> array<f32, TILE> {
+    workgroupBarrier(); // a previous call's readers are done with `partial`
+#if SUBGROUPS
+    // Sum within each subgroup, then the subgroups' sums in shared memory.
+    for (var j = 0u; j < TILE; j++) {
+        let s = subgroupAdd(acc[j]);
+        if (sg_lane == 0u) {
+            partial[lane / sg_size][j] = s;
+        }
+    }
+    workgroupBarrier();
+    var total: array<f32, TILE>;
+    for (var g = 0u; g < max(LANES / sg_size, 1u); g++) {
+        for (var j = 0u; j < TILE; j++) {
+            total[j] += partial[g][j];
+        }
+    }
+    return total;
+#else
+    partial[lane] = acc;
+    workgroupBarrier();
+    for (var stride = LANES / 2u; stride > 0u; stride /= 2u) {
+        if (lane < stride) {
+            for (var j = 0u; j < TILE; j++) {
+                partial[lane][j] += partial[lane + stride][j];
+            }
+        }
+        workgroupBarrier();
+    }
+    return partial[0];
+#endif
+}
 
 // x: row (+ y · 65535 beyond 65535 workgroups), z: token tile.
 @compute @workgroup_size(64)
@@ -228,41 +367,25 @@ fn matmul(
     if (row >= p.rows) {
         return; // uniform across the workgroup
     }
-    let acc = dot_groups(row, t0, lane, LANES);
 #if SUBGROUPS
-    // Sum within each subgroup, then the subgroups' sums in shared memory.
-    for (var j = 0u; j < TILE; j++) {
-        let s = subgroupAdd(acc[j]);
-        if (sg_lane == 0u) {
-            partial[lane / sg_size][j] = s;
-        }
-    }
-    workgroupBarrier();
-    if (lane == 0u) {
-        for (var j = 0u; j < TILE; j++) {
-            var s = 0.0;
-            for (var g = 0u; g < max(LANES / sg_size, 1u); g++) {
-                s += partial[g][j];
-            }
-            store(row, t0 + j, s);
-        }
-    }
-#else
-    partial[lane] = acc;
-    workgroupBarrier();
-    for (var stride = LANES / 2u; stride > 0u; stride /= 2u) {
-        if (lane < stride) {
-            for (var j = 0u; j < TILE; j++) {
-                partial[lane][j] += partial[lane + stride][j];
-            }
-        }
-        workgroupBarrier();
-    }
-    if (lane == 0u) {
-        for (var j = 0u; j < TILE; j++) {
-            store(row, t0 + j, partial[0][j]);
-        }
-    }
+    let sum = reduce(dot_groups(row, t0, lane, LANES), lane, sg_lane, sg_size);
+#if GLU
+    let up = reduce(dot_groups(row + p.rows, t0, lane, LANES), lane, sg_lane, sg_size);
 #endif
+#else
+    let sum = reduce(dot_groups(row, t0, lane, LANES), lane);
+#if GLU
+    let up = reduce(dot_groups(row + p.rows, t0, lane, LANES), lane);
+#endif
+#endif
+    if (lane == 0u) {
+        for (var j = 0u; j < TILE; j++) {
+#if GLU
+            store(row, t0 + j, silu(sum[j]) * up[j]);
+#else
+            store(row, t0 + j, sum[j]);
+#endif
+        }
+    }
 }
 #endif

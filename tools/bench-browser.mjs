@@ -3,6 +3,7 @@
 // driven headless; prints its JSON result. The model folder is served beside the page.
 //
 //   node tools/bench-browser.mjs MODEL_DIR [--prompt WORDS] [--gen TOKENS] [--repeat N] [--context N]
+//                                [--schedule lane|workgroup] [--rows 1|2|4] [--tile 1|4|8]
 // Needs `bash tools/web.sh build` first and playwright-core (tests/browser: npm ci).
 
 import fs from "node:fs";
@@ -28,6 +29,8 @@ try {
     model: `models/${path.basename(link)}/`, prompt: arg("--prompt", "32"), gen: arg("--gen", "16"),
     repeat: arg("--repeat", "3"), context: arg("--context", "512"), cache: "0",
   });
+  // Matrix-product variants (default: the engine's choice).
+  for (const k of ["schedule", "rows", "tile"]) if (arg(`--${k}`)) q.set(k, arg(`--${k}`));
   await page.goto(`http://127.0.0.1:${port}/www/bench.html?${q}`);
   await page.waitForFunction(() => window.benchResult, null, { timeout: 0, polling: 1000 });
   console.log(JSON.stringify(await page.evaluate(() => window.benchResult), null, 1));

@@ -5,7 +5,9 @@
 //   node tools/serve.mjs [--root DIR] [--port 8080]
 //
 // Tests import `serve` to get a server on a free port with a log of the paths requested and
-// an optional `corrupt(path)` hook that may change a file's bytes on the way out.
+// an optional `corrupt(path)` hook that may change a file's bytes on the way out; `headers`
+// are added to every response (the peers' browser bench sends COOP/COEP, which wasm threads
+// need).
 
 import http from "node:http";
 import fs from "node:fs";
@@ -24,7 +26,7 @@ const TYPES = {
   ".ts": "text/plain; charset=utf-8",
 };
 
-export function serve({ root, port = 0, log = [], corrupt = () => null } = {}) {
+export function serve({ root, port = 0, log = [], corrupt = () => null, headers = {} } = {}) {
   root = path.resolve(root);
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, "http://127.0.0.1");
@@ -37,7 +39,7 @@ export function serve({ root, port = 0, log = [], corrupt = () => null } = {}) {
     log.push(url.pathname);
     fs.readFile(file, (err, data) => {
       if (err) {
-        res.writeHead(404, { "content-type": "text/plain" }).end(`not found: ${url.pathname}\n`);
+        res.writeHead(404, { "content-type": "text/plain", ...headers }).end(`not found: ${url.pathname}\n`);
         return;
       }
       data = corrupt(url.pathname, data) ?? data;
@@ -45,6 +47,7 @@ export function serve({ root, port = 0, log = [], corrupt = () => null } = {}) {
         "content-type": TYPES[path.extname(file)] ?? "application/octet-stream",
         "content-length": data.length,
         "cache-control": "no-cache",
+        ...headers,
       });
       res.end(data);
     });

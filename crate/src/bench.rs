@@ -108,27 +108,41 @@ pub fn kernels(gpu: &crate::gpu::Gpu, config: &crate::ModelConfig, prefill: usiz
 
     let (h, i, v) = (config.hidden_size, config.intermediate_size, config.vocab_size);
     let mut rows = Vec::new();
-    let matrices = [("wqkv", config.qkv_rows(), h), ("wo", h, config.num_heads * config.head_dim), ("w1", i, h), ("w2", h, i), ("output", v, h)];
+    // (name, output rows, cols, GLU: w1 and w3 stacked, SwiGLU fused — what the engine runs)
+    let matrices = [
+        ("wqkv", config.qkv_rows(), h, false),
+        ("wo", h, config.num_heads * config.head_dim, false),
+        ("w1", i, h, false),
+        ("w1+w3 GLU", i, h, true),
+        ("w2", h, i, false),
+        ("output", v, h, false),
+    ];
     let mut schedules = vec!["ROW_PER_LANE", "ROW_PER_LANE+ROWS2", "ROW_PER_LANE+ROWS2+ROWS4", ""];
     if gpu.subgroups {
         schedules.push("SUBGROUPS");
     }
     let wanted = |name: &str| only.is_none_or(|o| name.contains(o));
-    for (name, n_rows, cols) in matrices.into_iter().filter(|(n, _, _)| wanted(&format!("matmul {n}"))) {
+    for (name, n_rows, cols, glu) in matrices.into_iter().filter(|(n, ..)| wanted(&format!("matmul {n}"))) {
+        let w_rows = if glu { 2 * n_rows } else { n_rows };
         // Weights need not be meaningful to be timed: a fixed byte pattern.
-        let data = vec![0x5au8; Quant::Q4.data_bytes_per_row(cols) * n_rows];
-        let scales: Vec<u8> = (0..Quant::Q4.scale_bytes_per_row(cols) * n_rows / 2).flat_map(|_| half::f16::from_f32(0.01).to_le_bytes()).collect();
+        let data = vec![0x5au8; Quant::Q4.data_bytes_per_row(cols) * w_rows];
+        let scales: Vec<u8> = (0..Quant::Q4.scale_bytes_per_row(cols) * w_rows / 2).flat_map(|_| half::f16::from_f32(0.01).to_le_bytes()).collect();
         for (tokens, tiles) in [(1usize, &[1u32][..]), (prefill, &[1, 4, 8][..])] {
             let x = vec![0.5f32; tokens * cols];
             let y = vec![0f32; tokens * n_rows];
-            for &schedule in &schedules {
+            // GLU pairs rows in a lane: at least 2 per lane.
+            for &schedule in schedules.iter().filter(|s| !glu || **s != "ROW_PER_LANE") {
                 for &tile in tiles {
                     let mut defines = vec!["Q4"];
+                    if glu {
+                        defines.push("GLU");
+                    }
                     defines.extend(schedule.split('+').filter(|d| !d.is_empty()));
                     defines.extend([if tile == 4 { "TILE4" } else if tile == 8 { "TILE8" } else { "" }].into_iter().filter(|d| !d.is_empty()));
                     let r = n_rows as u32;
                     let per_lane = if schedule.contains("ROWS4") { 4 } else if schedule.contains("ROWS2") { 2 } else { 1 };
-                    let g = if schedule.starts_with("ROW_PER_LANE") { r.div_ceil(64 * per_lane) } else { r };
+                    let outputs_per_lane = if glu { per_lane / 2 } else { per_lane };
+                    let g = if schedule.starts_with("ROW_PER_LANE") { r.div_ceil(64 * outputs_per_lane) } else { r };
                     let launch = Launch {
                         source: shaders::MATMUL,
                         entry: "matmul",
@@ -142,10 +156,10 @@ pub fn kernels(gpu: &crate::gpu::Gpu, config: &crate::ModelConfig, prefill: usiz
                     rows.push(KernelRow {
                         kernel: format!("matmul {name}"),
                         variant: if defines.len() > 1 { defines[1..].join("+") } else { "WORKGROUP".into() },
-                        shape: format!("{n_rows}x{cols} T={tokens}"),
+                        shape: format!("{w_rows}x{cols} T={tokens}"),
                         ms: s * 1e3,
                         gb_per_s: bytes / s / 1e9,
-                        gflop_per_s: 2.0 * (n_rows * cols * tokens) as f64 / s / 1e9,
+                        gflop_per_s: 2.0 * (w_rows * cols * tokens) as f64 / s / 1e9,
                     });
                 }
             }

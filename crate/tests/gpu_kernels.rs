@@ -111,6 +111,56 @@ fn matmul_all_variants_and_shapes() {
     }
 }
 
+/// The fused feed-forward product (GLU): W = [W1; W3] in one buffer, y = silu(x·W1ᵀ) ·
+/// (x·W3ᵀ), in every schedule and tile, against the reference's two products and SwiGLU.
+#[test]
+fn matmul_glu_all_schedules() {
+    let shapes = [(1, 32, 1), (67, 96, 5), (130, 256, 9), (200, 64, 17)];
+    for g in both() {
+        for quant in [Quant::Q4, Quant::Q8, Quant::F16] {
+            for &(rows, cols, tokens) in &shapes {
+                let (mut data, mut scales) = (Vec::new(), Vec::new());
+                let mut halves = Vec::new();
+                for seed in [11, 12] {
+                    let w = values(rows * cols, seed + rows as u64);
+                    let (mut d, mut s) = (Vec::new(), Vec::new());
+                    quant.quantize(&w, cols, &mut d, &mut s);
+                    halves.push(quant.dequantize(&d, &s));
+                    data.extend(d);
+                    scales.extend(s);
+                }
+                let x = values(tokens * cols, 7);
+                let (gate, up) = (reference::matmul(&x, &halves[0], cols), reference::matmul(&x, &halves[1], cols));
+                let want: Vec<f32> = gate.iter().zip(&up).map(|(g, u)| reference::silu(*g) * u).collect();
+                let y0 = vec![0f32; tokens * rows];
+                for tile in ["", "TILE4", "TILE8"] {
+                    for schedule in ["ROW_PER_LANE+ROWS2", "ROW_PER_LANE+ROWS2+ROWS4", "", "SUBGROUPS"] {
+                        if schedule == "SUBGROUPS" && !g.subgroups {
+                            continue;
+                        }
+                        let mut defines: Vec<&str> = vec![quant.to_string().to_uppercase().leak(), "GLU"];
+                        defines.extend(tile.split('+').chain(schedule.split('+')).filter(|d| !d.is_empty()));
+                        let t = match tile { "TILE4" => 4, "TILE8" => 8, _ => 1 };
+                        let r = rows as u32;
+                        // Output rows per workgroup: 64 lanes × (rows per lane / 2) in the lane schedules.
+                        let groups = match schedule { "ROW_PER_LANE+ROWS2" => r.div_ceil(64), "ROW_PER_LANE+ROWS2+ROWS4" => r.div_ceil(128), _ => r };
+                        let out = run(&g, Launch {
+                            source: shaders::MATMUL,
+                            entry: "matmul",
+                            defines: &defines,
+                            buffers: vec![Buf::In(bytes(&x)), Buf::In(&data), Buf::In(&scales), Buf::Out(bytes(&y0))],
+                            params: [r, cols as u32, tokens as u32, r, 0, 0, 0, 0],
+                            groups: [groups, 1, (tokens as u32).div_ceil(t)],
+                        });
+                        let e = nmse(&floats(&out[0], tokens * rows), &want);
+                        assert!(e <= TOL, "matmul {defines:?} {rows}x{cols} T={tokens}: NMSE {e:.2e}");
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A block of rows of a bigger matrix (the split-buffer path): only its rows of y change.
 #[test]
 fn matmul_row_block_writes_its_rows() {
@@ -217,25 +267,6 @@ fn rms_norm_shapes() {
         });
         let e = nmse(&floats(&out[0], dim * tokens), &reference::rms_norm(&x, &w, eps));
         assert!(e <= TOL, "rms_norm {dim}×{tokens}: NMSE {e:.2e}");
-    }
-}
-
-#[test]
-fn silu_mul_lengths() {
-    let g = gpu(FeatureWish::PORTABLE);
-    for n in [1, 63, 1000] {
-        let (a, b) = (values(n, 31), values(n, 32));
-        let out = run(&g, Launch {
-            source: shaders::ELEMENTWISE,
-            entry: "silu_mul",
-            defines: &[],
-            buffers: vec![Buf::In(bytes(&a)), Buf::In(bytes(&b)), Buf::Out(bytes(&vec![0f32; n]))],
-            params: [n as u32, 0, 0, 0, 0, 0, 0, 0],
-            groups: [(n as u32).div_ceil(64), 1, 1],
-        });
-        let want: Vec<f32> = a.iter().zip(&b).map(|(&x, &y)| reference::silu(x) * y).collect();
-        let e = nmse(&floats(&out[0], n), &want);
-        assert!(e <= TOL, "silu_mul {n}: NMSE {e:.2e}");
     }
 }
 

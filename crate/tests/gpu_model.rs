@@ -26,8 +26,9 @@ fn gpu_model_with(dir: &ModelDir, options: GpuOptions, wish: FeatureWish) -> Gpu
     GpuModel::new(gpu, dir.config.clone(), &dir.manifest, |b| dir.blob(b), &options).unwrap()
 }
 
+/// All logits of a chunk in one go (so these tests run prefill chunks of `chunk` tokens).
 fn sized(context: usize, chunk: usize) -> GpuOptions {
-    GpuOptions { context, chunk, ..Default::default() }
+    GpuOptions { context, chunk, logit_rows: chunk, ..Default::default() }
 }
 
 fn folder(spec: TinySpec, quant: Quant, root: &Path) -> ModelDir {
@@ -115,10 +116,18 @@ fn tiny_ntk_q4_on_gpu_in_chunks() {
 
 /// Weights split by rows over many buffers, as on a device whose storage bindings are too
 /// small for a tensor: a forced 4 KiB limit cuts the embedding and output into 740 buffers
-/// each and w1/w3 into two; the logits are the same.
+/// each and the stacked w1/w3 into three; the logits are the same.
 #[test]
 fn split_buffers_give_the_same_logits() {
     check_with(TINY, Quant::Q4, GpuOptions { weight_binding_limit: Some(4096), ..sized(256, 64) }, FeatureWish::default());
+}
+
+/// Every token's logits through a logits buffer of 3 rows (the default keeps 8: [rows, V]
+/// logits and their readback are the largest scratch buffers): the all-logits run of the
+/// 64-token prompt goes in chunks of 3 tokens and gives the same logits.
+#[test]
+fn few_logit_rows_give_the_same_logits() {
+    check_with(TINY, Quant::Q4, GpuOptions { logit_rows: 3, ..sized(256, 64) }, FeatureWish::PORTABLE);
 }
 
 /// Both matmul schedules, whichever the adapter would pick (lavapipe: a lane per row); the

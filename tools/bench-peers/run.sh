@@ -2,7 +2,10 @@
 # puyu against llama.cpp's Vulkan backend on the same adapter and the same random weights,
 # side by side in one run, with the ratios (issue 8; ../shared/docs/peers.md).
 #
-#   bash tools/bench-peers/run.sh [tiny|1_8b|7b] [--prompt 64] [--gen 32] [--repeat 3]
+#   bash tools/bench-peers/run.sh [tiny|1_8b|7b] [--prompt 64] [--gen 32] [--repeat 3] [--browser]
+#
+# With --browser the same weights run in Chromium instead: puyu's bench page against wllama
+# (llama.cpp in wasm, from npm) — see browser.mjs.
 #
 # Everything it builds or writes stays in ${PUYU_PEERS_CACHE:-~/.cache/puyu-peers} and is
 # reused by later runs (never committed):
@@ -16,14 +19,15 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-shape=tiny prompt=64 gen=32 repeat=3
+shape=tiny prompt=64 gen=32 repeat=3 browser=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --prompt) prompt=$2; shift 2 ;;
     --gen) gen=$2; shift 2 ;;
     --repeat) repeat=$2; shift 2 ;;
+    --browser) browser=1; shift ;;
     tiny|1_8b|7b|20b) shape=$1; shift ;;
-    *) echo "usage: $0 [tiny|1_8b|7b] [--prompt N] [--gen N] [--repeat N]" >&2; exit 2 ;;
+    *) echo "usage: $0 [tiny|1_8b|7b] [--prompt N] [--gen N] [--repeat N] [--browser]" >&2; exit 2 ;;
   esac
 done
 cache=${PUYU_PEERS_CACHE:-$HOME/.cache/puyu-peers}
@@ -98,6 +102,12 @@ if [ ! -f "$gguf" ]; then
 fi
 
 # ---- side by side ----------------------------------------------------------------------
+if [ "$browser" = 1 ]; then
+  bash "$root/tools/web.sh" build
+  [ -d "$root/tests/browser/node_modules/playwright-core" ] ||
+    (cd "$root/tests/browser" && npm ci --no-audit --no-fund --loglevel=error)
+  exec node "$here/browser.mjs" "$q4" "$gguf" --prompt "$prompt" --gen "$gen" --repeat "$repeat"
+fi
 out=$(mktemp -d)
 for r in $(seq "$repeat"); do
   echo "peers: run $r/$repeat: llama.cpp Vulkan" >&2

@@ -17,7 +17,7 @@ use std::rc::Rc;
 
 use puyu::chat::{self, Message, Role, Template};
 use puyu::generate::{generate, FinishReason, GenerateOptions};
-use puyu::gpu::model::{GpuModel, GpuOptions};
+use puyu::gpu::model::{GpuModel, GpuOptions, Schedule};
 use puyu::gpu::weights::WeightWriter;
 use puyu::gpu::{FeatureWish, Gpu};
 use puyu::model_dir::{Manifest, ShardStream};
@@ -80,6 +80,32 @@ fn invalid(message: impl AsRef<str>) -> JsValue {
     js_error("InvalidOptionError", message.as_ref())
 }
 
+/// The matrix-product schedule, rows per lane and prefill tile of `kernels` (benchmarks
+/// compare them; the defaults are the engine's choice for the adapter).
+fn kernel_options(mut o: GpuOptions, kernels: Option<&Value>) -> Result<GpuOptions, JsValue> {
+    let Some(k) = kernels.filter(|k| !k.is_null()) else {
+        return Ok(o);
+    };
+    let k = k.as_object().ok_or_else(|| invalid("kernels must be an object"))?;
+    for (key, v) in k {
+        let n = || v.as_u64().map(|n| n as u32);
+        match key.as_str() {
+            "schedule" => {
+                o.matmul = match v.as_str() {
+                    Some("auto") => Schedule::Auto,
+                    Some("lane") => Schedule::RowPerLane,
+                    Some("workgroup") => Schedule::Workgroup,
+                    _ => return Err(invalid(format!("kernels.schedule must be \"auto\", \"lane\" or \"workgroup\", got {v}"))),
+                }
+            }
+            "rowsPerLane" => o.rows_per_lane = n().filter(|n| [1, 2, 4].contains(n)).ok_or_else(|| invalid(format!("kernels.rowsPerLane must be 1, 2 or 4, got {v}")))?,
+            "prefillTile" => o.prefill_tile = n().filter(|n| [1, 4, 8].contains(n)).ok_or_else(|| invalid(format!("kernels.prefillTile must be 1, 4 or 8, got {v}")))?,
+            _ => return Err(invalid(format!("unknown kernels option {key} (known: schedule, rowsPerLane, prefillTile)"))),
+        }
+    }
+    Ok(o)
+}
+
 /// A model being loaded: buffers made, weights arriving.
 #[wasm_bindgen]
 pub struct Loader {
@@ -94,7 +120,8 @@ pub struct Loader {
 #[wasm_bindgen]
 impl Loader {
     /// Opens the GPU and prepares the model. `options_json`: `{"context": tokens,
-    /// "f16": bool, "verify": bool}` (all optional).
+    /// "f16": bool, "kernels": {"schedule": "auto" | "lane" | "workgroup", "rowsPerLane":
+    /// 1 | 2 | 4, "prefillTile": 1 | 4 | 8}}` (all optional; `kernels` is for benchmarks).
     pub async fn create(config_json: String, manifest_json: String, tokenizer_json: Vec<u8>, options_json: String) -> Result<Loader, JsValue> {
         let options: Value = serde_json::from_str(&options_json).map_err(|e| invalid(format!("options: {e}")))?;
         let config = ModelConfig::from_json_str(&config_json).map_err(err)?;
@@ -109,7 +136,7 @@ impl Loader {
         };
         let wish = FeatureWish { f16: options.get("f16").and_then(Value::as_bool).unwrap_or(true), subgroups: true };
         let gpu = Gpu::open(wgpu::Backends::BROWSER_WEBGPU, wish).await.map_err(err)?;
-        let gpu_options = GpuOptions { context, ..Default::default() };
+        let gpu_options = kernel_options(GpuOptions { context, ..Default::default() }, options.get("kernels"))?;
         let (model, writer) = GpuModel::allocate(gpu, config, &manifest, &gpu_options).map_err(err)?;
         let done = vec![false; manifest.shards.len()];
         Ok(Loader { model, writer, manifest, tokenizer, shard: None, done })

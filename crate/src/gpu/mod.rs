@@ -48,6 +48,14 @@ pub mod shaders {
                     }
                 }
             }
+            // The fused gate/up product (never with ADD).
+            for tile in [None, Some("TILE4"), Some("TILE8")] {
+                for schedule in [&["ROW_PER_LANE", "ROWS2"][..], &["ROW_PER_LANE", "ROWS2", "ROWS4"], &[], &["SUBGROUPS"]] {
+                    let mut defs: Vec<&'static str> = [Some(quant), tile, Some("GLU")].into_iter().flatten().collect();
+                    defs.extend(schedule);
+                    v.push(("matmul.wgsl", MATMUL, defs));
+                }
+            }
         }
         v
     }

@@ -35,13 +35,12 @@ enum Op {
     Embed { row0: u32, rows: u32 },
     Norm,
     /// Rows [row0, row0 + rows) of a matrix with `total` rows (one buffer of it).
-    /// `per_lane`: rows per lane in the lane-per-row schedule, 0 in the workgroup one.
+    /// `per_lane`: output rows per lane in the lane-per-row schedule, 0 in the workgroup one.
     Matmul { row0: u32, rows: u32, total: u32, cols: u32, per_lane: u32 },
     Rope,
     /// Attention over one KV split per workgroup (see attention.wgsl), then the splits merged.
     Attend,
     Combine,
-    SiluMul,
     /// Penalty, greedy or top-k/top-p draw over the last logit row (see sample.wgsl).
     Sample,
 }
@@ -66,13 +65,16 @@ pub fn kv_splits(tokens: usize, ctx: usize, heads: usize, part_rows: usize) -> (
 
 /// A weight tensor in GPU buffers: split by rows into chunks when it is larger than one
 /// storage binding may be (InternLM2-7B's output matrix is 213 MB at 4 bits; many devices
-/// bind at most 128 MiB).
+/// bind at most 128 MiB). The feed-forward's w1 and w3 are stacked: each chunk holds its
+/// rows of w1, then the same rows of w3 (the fused GLU product reads both from one binding).
 struct Weight {
     quant: Quant,
+    /// Rows of one tensor.
     rows: usize,
     chunks: Vec<WeightChunk>,
 }
 
+/// Rows [row0, row0 + rows) of each stacked tensor, block after block.
 struct WeightChunk {
     row0: usize,
     rows: usize,
@@ -95,8 +97,12 @@ pub enum Schedule {
 pub struct GpuOptions {
     /// KV-cache capacity in tokens.
     pub context: usize,
-    /// Most tokens per dispatch sequence (longer inputs run in chunks; also the most logit rows).
+    /// Most tokens per dispatch sequence (longer inputs run in chunks).
     pub chunk: usize,
+    /// Most logit rows one dispatch sequence computes: all-logits runs (perplexity, tests)
+    /// go in chunks of this many tokens. The [rows, vocab] logits and their readback are the
+    /// largest scratch buffers (92,544 floats a row), so this stays small.
+    pub logit_rows: usize,
     /// Split weights into buffers of at most this many bytes (default: the device's
     /// storage-binding limit; tests force a small one).
     pub weight_binding_limit: Option<u64>,
@@ -109,7 +115,7 @@ pub struct GpuOptions {
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { context: 4096, chunk: 128, weight_binding_limit: None, matmul: Schedule::Auto, prefill_tile: 8, rows_per_lane: 4 }
+        GpuOptions { context: 4096, chunk: 128, logit_rows: 8, weight_binding_limit: None, matmul: Schedule::Auto, prefill_tile: 8, rows_per_lane: 4 }
     }
 }
 
@@ -128,6 +134,8 @@ pub struct GpuModel {
     pub config: ModelConfig,
     /// Tokens one dispatch sequence handles (longer inputs run in chunks).
     pub chunk: usize,
+    /// Logit rows one dispatch sequence computes at most.
+    logit_rows: usize,
     /// KV-cache capacity in tokens.
     pub context: usize,
     steps: Vec<Step>,
@@ -204,8 +212,9 @@ impl GpuModel {
         }
         let limits = gpu.device.limits();
         let max_binding = limits.max_storage_buffer_binding_size;
-        // The logits [chunk, V] must fit one binding.
-        let chunk = chunk.min((max_binding / (v * 4).max(1) as u64).max(1) as usize).max(1);
+        let chunk = chunk.max(1);
+        // The logits [logit_rows, V] must fit one binding.
+        let logit_rows = options.logit_rows.clamp(1, chunk).min((max_binding / (v * 4).max(1) as u64).max(1) as usize);
         let part_rows = chunk.max(64);
         let kv_bytes = if gpu.f16 { 2 } else { 4 };
         // Each layer's K (and V) cache is one binding.
@@ -233,15 +242,25 @@ impl GpuModel {
             })
         };
         let writer = std::cell::RefCell::new(WeightWriter::new(gpu.queue.clone(), manifest));
-        let weight = |name: &str| -> Result<Weight> {
-            let (t, entry) = manifest.tensor(name).ok_or_else(|| Error::MissingTensor { name: name.into() })?;
+        // The tensors `names` (one, or w1 and w3 of the same shape) stacked in one set of buffers.
+        let stacked = |names: &[&str]| -> Result<Weight> {
+            let (t, entry) = manifest.tensor(names[0]).ok_or_else(|| Error::MissingTensor { name: names[0].into() })?;
+            let mut tensors = vec![t];
+            for name in &names[1..] {
+                let (t2, e2) = manifest.tensor(name).ok_or_else(|| Error::MissingTensor { name: (*name).into() })?;
+                if e2.shape != entry.shape || e2.quant != entry.quant {
+                    return Err(Error::WrongShape { name: (*name).into(), expected: entry.shape.clone(), actual: e2.shape.clone() });
+                }
+                tensors.push(t2);
+            }
+            let k = names.len();
             let (rows, cols) = crate::model_dir::matrix_dims(&entry.shape);
-            // Rows per buffer: within the limit, and even, so that a chunk's f16 scales start
-            // on a u32 word.
+            // Rows per buffer (of each stacked tensor): within the limit, and even, so that a
+            // block's f16 scales start on a u32 word.
             let (d_row, s_row) = (entry.quant.data_bytes_per_row(cols), entry.quant.scale_bytes_per_row(cols));
-            let per = (weight_limit / d_row.max(s_row).max(1) as u64) as usize / 2 * 2;
+            let per = (weight_limit / (k * d_row.max(s_row)).max(1) as u64) as usize / 2 * 2;
             if per == 0 {
-                return Err(Error::Gpu(format!("one row of `{name}` exceeds the {weight_limit}-byte binding limit")));
+                return Err(Error::Gpu(format!("{k} row(s) of `{}` exceed the {weight_limit}-byte binding limit", names[0])));
             }
             let chunks: Vec<WeightChunk> = (0..rows)
                 .step_by(per)
@@ -250,18 +269,22 @@ impl GpuModel {
                     WeightChunk {
                         row0,
                         rows: n,
-                        data: storage(name, (n * d_row) as u64),
-                        scales: storage(name, (n * s_row) as u64),
+                        data: storage(names[0], (k * n * d_row) as u64),
+                        scales: storage(names[0], (k * n * s_row) as u64),
                     }
                 })
                 .collect();
-            let targets = |scales: bool| -> Vec<Target> {
-                let buffer = |c: &WeightChunk| if scales { c.scales.clone() } else { c.data.clone() };
-                chunks.iter().map(|c| Target { row0: c.row0, rows: c.rows, buffer: buffer(c) }).collect()
-            };
-            writer.borrow_mut().add_tensor(t, name, d_row, s_row, targets(false), targets(true));
+            for (b, (&t, name)) in tensors.iter().zip(names).enumerate() {
+                let targets = |scales: bool| -> Vec<Target> {
+                    let row = if scales { s_row } else { d_row };
+                    let buffer = |c: &WeightChunk| if scales { c.scales.clone() } else { c.data.clone() };
+                    chunks.iter().map(|c| Target { row0: c.row0, rows: c.rows, buffer: buffer(c), offset: (b * c.rows * row) as u64 }).collect()
+                };
+                writer.borrow_mut().add_tensor(t, name, d_row, s_row, targets(false), targets(true));
+            }
             Ok(Weight { quant: entry.quant, rows, chunks })
         };
+        let weight = |name: &str| stacked(&[name]);
 
         let f = 4u64;
         let weights_start = allocated.get();
@@ -284,8 +307,7 @@ impl GpuModel {
                 weight(&format!("{p}attention.wqkv.weight"))?,
                 weight(&format!("{p}attention.wo.weight"))?,
                 norm(&format!("{p}ffn_norm.weight"))?,
-                weight(&format!("{p}feed_forward.w1.weight"))?,
-                weight(&format!("{p}feed_forward.w3.weight"))?,
+                stacked(&[&format!("{p}feed_forward.w1.weight"), &format!("{p}feed_forward.w3.weight")])?,
                 weight(&format!("{p}feed_forward.w2.weight"))?,
                 storage("k cache", (context * nkv * hd * kv_bytes) as u64),
                 storage("v cache", (context * nkv * hd * kv_bytes) as u64),
@@ -304,14 +326,12 @@ impl GpuModel {
         let q = storage("q", (chunk * nh * hd) as u64 * f);
         let attn = storage("attn", (chunk * nh * hd) as u64 * f);
         let part = storage("attention partials", (part_rows * nh * (hd + 2)) as u64 * f);
-        let gate = storage("gate", (chunk * i) as u64 * f);
-        let up = storage("up", (chunk * i) as u64 * f);
         let act = storage("act", (chunk * i) as u64 * f);
-        let x_last = storage("x_last", (chunk * h) as u64 * f);
-        let logits = storage("logits", (chunk * v) as u64 * f);
+        let x_last = storage("x_last", (logit_rows * h) as u64 * f);
+        let logits = storage("logits", (logit_rows * v) as u64 * f);
         let staging = dev.create_buffer(&wgpu::BufferDescriptor {
             label: Some("logits readback"),
-            size: (chunk * v) as u64 * f,
+            size: (logit_rows * v) as u64 * f,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
@@ -319,30 +339,27 @@ impl GpuModel {
 
         let attn_layout = [Bind::Read, Bind::Read, Bind::Read, Bind::Write, Bind::Write, Bind::Uniform];
         let norm_layout = [Bind::Read, Bind::Read, Bind::Write, Bind::Uniform];
-        let ew_layout = [Bind::Read, Bind::Read, Bind::Write, Bind::Uniform];
 
         let embed = pipelines.get(dev, "embed", shaders::EMBED, "embed", &[quant_define(embedding.quant)?], &[Bind::Read, Bind::Read, Bind::Read, Bind::Write, Bind::Uniform])?;
         for c in &embedding.chunks {
             steps.push((Op::Embed { row0: c.row0 as u32, rows: c.rows as u32 }, embed.clone(), None, vec![&tokens, &c.data, &c.scales, &x]));
         }
-        for (an, wqkv, wo, fnorm, w1, w3, w2, kc, vc) in &layers {
+        for (an, wqkv, wo, fnorm, w13, w2, kc, vc) in &layers {
             steps.push((Op::Norm, pipelines.get(dev, "norm", shaders::NORM, "rms_norm", &[], &norm_layout)?, None, vec![&x, an, &xn]));
-            push_matmul(dev, &mut pipelines, kernel, &mut steps, &xn, wqkv, &qkv, h, false)?;
+            push_matmul(dev, &mut pipelines, kernel, &mut steps, &xn, wqkv, &qkv, h, Epilogue::Store)?;
             steps.push((Op::Rope, pipelines.get(dev, "rope", shaders::ROPE, "rope_kv", kv_define, &[Bind::Read, Bind::Read, Bind::Write, Bind::Write, Bind::Write, Bind::Uniform])?, None, vec![&qkv, &cos_sin, &q, kc, vc]));
             for (op, entry) in [(Op::Attend, "attend"), (Op::Combine, "combine")] {
                 steps.push((op, pipelines.get(dev, "attention", shaders::ATTENTION, entry, kv_define, &attn_layout)?, None, vec![&q, kc, vc, &part, &attn]));
             }
-            push_matmul(dev, &mut pipelines, kernel, &mut steps, &attn, wo, &x, nh * hd, true)?;
+            push_matmul(dev, &mut pipelines, kernel, &mut steps, &attn, wo, &x, nh * hd, Epilogue::Add)?;
             steps.push((Op::Norm, pipelines.get(dev, "norm", shaders::NORM, "rms_norm", &[], &norm_layout)?, None, vec![&x, fnorm, &xn]));
-            push_matmul(dev, &mut pipelines, kernel, &mut steps, &xn, w1, &gate, h, false)?;
-            push_matmul(dev, &mut pipelines, kernel, &mut steps, &xn, w3, &up, h, false)?;
-            steps.push((Op::SiluMul, pipelines.get(dev, "elementwise", shaders::ELEMENTWISE, "silu_mul", &[], &ew_layout)?, None, vec![&gate, &up, &act]));
-            push_matmul(dev, &mut pipelines, kernel, &mut steps, &act, w2, &x, i, true)?;
+            push_matmul(dev, &mut pipelines, kernel, &mut steps, &xn, w13, &act, h, Epilogue::Glu)?;
+            push_matmul(dev, &mut pipelines, kernel, &mut steps, &act, w2, &x, i, Epilogue::Add)?;
         }
         // The last rows of x are copied to x_last before these (see `step`).
         let head = steps.len();
         steps.push((Op::Norm, pipelines.get(dev, "norm", shaders::NORM, "rms_norm", &[], &norm_layout)?, None, vec![&x_last, &final_norm, &xn]));
-        push_matmul(dev, &mut pipelines, kernel, &mut steps, &xn, &output, &logits, h, false)?;
+        push_matmul(dev, &mut pipelines, kernel, &mut steps, &xn, &output, &logits, h, Epilogue::Store)?;
 
         // The sampling step is not in `steps`: it runs only when asked, in the last slot.
         let sample_pipeline = pipelines.get(dev, "sample", shaders::SAMPLE, "sample", &[], &[Bind::Read, Bind::Read, Bind::Write, Bind::Write, Bind::Uniform])?;
@@ -396,6 +413,7 @@ impl GpuModel {
             gpu,
             config,
             chunk,
+            logit_rows,
             context,
             steps,
             head,
@@ -479,7 +497,8 @@ impl GpuModel {
         self.rope.update(self.len + tokens.len());
         let vocab = self.config.vocab_size;
         let mut out = Vec::new();
-        let chunks: Vec<&[u32]> = tokens.chunks(self.chunk).collect();
+        // Every token's logits: in chunks of as many tokens as there are logit rows.
+        let chunks: Vec<&[u32]> = tokens.chunks(if all_logits { self.logit_rows } else { self.chunk }).collect();
         for (n, chunk) in chunks.iter().enumerate() {
             let last = n + 1 == chunks.len();
             let rows = if all_logits { chunk.len() } else { usize::from(last) };
@@ -536,7 +555,6 @@ impl GpuModel {
                 Op::Matmul { row0, rows, total, cols, .. } => [rows, cols, n, total, row0, 0, 0, 0],
                 Op::Rope => [nh, nkv, hd, n, pos0, 0, 0, 0],
                 Op::Attend | Op::Combine => [nh, nkv, hd, n, pos0, splits, split_len, (1.0 / (hd as f32).sqrt()).to_bits()],
-                Op::SiluMul => [n * c.intermediate_size as u32, 0, 0, 0, 0, 0, 0, 0],
                 Op::Sample => unreachable!("not in steps"),
             };
             let at = s * SLOT as usize;
@@ -582,10 +600,6 @@ impl GpuModel {
                 Op::Rope => [(hd / 2).div_ceil(64), c.kv_group() as u32 + 2, nkv * n],
                 Op::Attend => [splits, n, nh],
                 Op::Combine => [n, nh, 1],
-                Op::SiluMul => {
-                    let g = (n * c.intermediate_size as u32).div_ceil(64);
-                    [g.min(65535), g.div_ceil(65535), 1]
-                }
                 Op::Sample => unreachable!("not in steps"),
             };
             let mut pass = enc.begin_compute_pass(&Default::default());
@@ -626,7 +640,18 @@ struct MatmulKernel {
     tile: u32,
 }
 
-/// y = x·Wᵀ (+ y when `add`): one step per buffer of W.
+/// What a matrix product does with its sums.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Epilogue {
+    /// y = x·Wᵀ
+    Store,
+    /// y += x·Wᵀ (the residual add)
+    Add,
+    /// y = silu(x·W1ᵀ) · (x·W3ᵀ), W a stacked [W1; W3] (the feed-forward's gate and up).
+    Glu,
+}
+
+/// The product of x and one matrix, as `epilogue` says: one step per buffer of W.
 #[allow(clippy::too_many_arguments)]
 fn push_matmul<'b>(
     dev: &wgpu::Device,
@@ -637,34 +662,40 @@ fn push_matmul<'b>(
     w: &'b Weight,
     y: &'b wgpu::Buffer,
     cols: usize,
-    add: bool,
+    epilogue: Epilogue,
 ) -> Result<()> {
     let binds = [Bind::Read, Bind::Read, Bind::Read, Bind::Write, Bind::Uniform];
+    // Weight rows per lane; with GLU each output row is two of them (its gate and up rows).
+    let glu = epilogue == Epilogue::Glu;
+    let per_lane = if glu && kernel.per_lane > 0 { kernel.per_lane.max(2) } else { kernel.per_lane };
     let defines = |tile: u32| -> Result<Vec<&'static str>> {
         let mut defs = vec![quant_define(w.quant)?];
-        if add {
-            defs.push("ADD");
+        match epilogue {
+            Epilogue::Store => {}
+            Epilogue::Add => defs.push("ADD"),
+            Epilogue::Glu => defs.push("GLU"),
         }
         match tile {
             4 => defs.push("TILE4"),
             8 => defs.push("TILE8"),
             _ => {}
         }
-        match kernel.per_lane {
+        match per_lane {
             0 => {}
             1 => defs.push("ROW_PER_LANE"),
             2 => defs.extend(["ROW_PER_LANE", "ROWS2"]),
             _ => defs.extend(["ROW_PER_LANE", "ROWS2", "ROWS4"]),
         }
-        if kernel.per_lane == 0 && kernel.subgroups {
+        if per_lane == 0 && kernel.subgroups {
             defs.push("SUBGROUPS");
         }
         Ok(defs)
     };
     let pipeline = pl.get(dev, "matmul", shaders::MATMUL, "matmul", &defines(1)?, &binds)?;
     let tiled = pl.get(dev, "matmul", shaders::MATMUL, "matmul", &defines(kernel.tile)?, &binds)?;
+    let outputs_per_lane = if glu { per_lane / 2 } else { per_lane };
     for c in &w.chunks {
-        let op = Op::Matmul { row0: c.row0 as u32, rows: c.rows as u32, total: w.rows as u32, cols: cols as u32, per_lane: kernel.per_lane };
+        let op = Op::Matmul { row0: c.row0 as u32, rows: c.rows as u32, total: w.rows as u32, cols: cols as u32, per_lane: outputs_per_lane };
         steps.push((op, pipeline.clone(), Some(tiled.clone()), vec![x, &c.data, &c.scales, y]));
     }
     Ok(())

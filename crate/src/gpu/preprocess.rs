@@ -1,5 +1,6 @@
 //! The shader preprocessor: one WGSL source, many variants. Lines `#if NAME`, `#else`,
-//! `#endif` (nestable) keep or drop code by whether NAME is defined.
+//! `#endif` (nestable) keep or drop code by whether NAME is defined; `#if A | B` keeps it
+//! when either is.
 
 /// Expands `source` with the given names defined.
 pub fn preprocess(source: &str, defines: &[&str]) -> Result<String, String> {
@@ -10,7 +11,7 @@ pub fn preprocess(source: &str, defines: &[&str]) -> Result<String, String> {
     for (n, line) in source.lines().enumerate() {
         let directive = line.trim_start();
         if let Some(name) = directive.strip_prefix("#if ") {
-            let on = defines.contains(&name.trim());
+            let on = name.split('|').any(|n| defines.contains(&n.trim()));
             stack.push((on, keep));
             keep = keep && on;
         } else if directive.starts_with("#else") {
@@ -41,6 +42,10 @@ mod tests {
         assert_eq!(preprocess(src, &[]).unwrap(), "a\ne\nf\n");
         assert_eq!(preprocess(src, &["X"]).unwrap(), "a\nb\nd\nf\n");
         assert_eq!(preprocess(src, &["X", "Y"]).unwrap(), "a\nb\nc\nf\n");
+        let any = "#if X | Y\na\n#else\nb\n#endif\n";
+        assert_eq!(preprocess(any, &["Y"]).unwrap(), "a\n");
+        assert_eq!(preprocess(any, &["X"]).unwrap(), "a\n");
+        assert_eq!(preprocess(any, &["Z"]).unwrap(), "b\n");
         assert!(preprocess("#if X\n", &[]).is_err());
         assert!(preprocess("#endif\n", &[]).is_err());
     }

@@ -13,12 +13,14 @@ use std::collections::HashMap;
 use crate::error::{Error, Result};
 use crate::model_dir::{BlobId, Manifest};
 
-/// One buffer's share of a tensor: rows `[row0, row0 + rows)` of its data or its scales.
+/// One buffer's share of a tensor: rows `[row0, row0 + rows)` of its data or its scales,
+/// from byte `offset` of the buffer on (a buffer may stack blocks of several tensors).
 #[derive(Clone)]
 pub(crate) struct Target {
     pub row0: usize,
     pub rows: usize,
     pub buffer: wgpu::Buffer,
+    pub offset: u64,
 }
 
 /// Where the blobs of one tensor go.
@@ -87,7 +89,7 @@ impl WeightWriter {
             let (b0, b1) = (target.row0 as u64 * row_bytes, (target.row0 + target.rows) as u64 * row_bytes);
             let (from, to) = (start.max(b0), end.min(b1));
             if from < to {
-                pieces.push((target.buffer.clone(), from - b0, &bytes[(from - start) as usize..(to - start) as usize]));
+                pieces.push((target.buffer.clone(), target.offset + from - b0, &bytes[(from - start) as usize..(to - start) as usize]));
             }
         }
         for (buffer, at, piece) in pieces {
