@@ -91,33 +91,35 @@ fn bytes4(word: u32) -> vec4<f32> {
 }
 
 // Unpacks the 32 weights of group `g` of row `row` into `wv` (8 vec4s) and returns the
-// group's scale. A group is 1 (Q4), 2 (Q8) or 4 (F16) 16-byte loads.
+// group's scale. A group is 1 (Q4), 2 (Q8) or 4 (F16) 16-byte loads. Constant indices
+// only (see group_dot).
 fn load_group(row: u32, g: u32, wv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
-    let groups = p.cols / 32u;
+    let at = row * (p.cols / 32u) + g;
 #if Q4
-    let words = w[row * groups + g];
-    for (var q = 0u; q < 4u; q++) {
-        let n = nibbles(words[q]);
-        (*wv)[2u * q] = n[0];
-        (*wv)[2u * q + 1u] = n[1];
-    }
+    let q = w[at];
+    let a = nibbles(q.x);
+    let b = nibbles(q.y);
+    let c = nibbles(q.z);
+    let e = nibbles(q.w);
+    *wv = array<vec4<f32>, 8>(a[0], a[1], b[0], b[1], c[0], c[1], e[0], e[1]);
     return scale(row, g);
 #endif
 #if Q8
-    for (var h = 0u; h < 2u; h++) {
-        let words = w[(row * groups + g) * 2u + h];
-        for (var q = 0u; q < 4u; q++) {
-            (*wv)[4u * h + q] = bytes4(words[q]);
-        }
-    }
+    let a = w[2u * at];
+    let b = w[2u * at + 1u];
+    *wv = array<vec4<f32>, 8>(bytes4(a.x), bytes4(a.y), bytes4(a.z), bytes4(a.w), bytes4(b.x), bytes4(b.y), bytes4(b.z), bytes4(b.w));
     return scale(row, g);
 #endif
 #if F16
-    for (var h = 0u; h < 4u; h++) {
-        let words = w[(row * groups + g) * 4u + h];
-        (*wv)[2u * h] = vec4<f32>(unpack2x16float(words[0]), unpack2x16float(words[1]));
-        (*wv)[2u * h + 1u] = vec4<f32>(unpack2x16float(words[2]), unpack2x16float(words[3]));
-    }
+    let a = w[4u * at];
+    let b = w[4u * at + 1u];
+    let c = w[4u * at + 2u];
+    let e = w[4u * at + 3u];
+    *wv = array<vec4<f32>, 8>(
+        vec4<f32>(unpack2x16float(a.x), unpack2x16float(a.y)), vec4<f32>(unpack2x16float(a.z), unpack2x16float(a.w)),
+        vec4<f32>(unpack2x16float(b.x), unpack2x16float(b.y)), vec4<f32>(unpack2x16float(b.z), unpack2x16float(b.w)),
+        vec4<f32>(unpack2x16float(c.x), unpack2x16float(c.y)), vec4<f32>(unpack2x16float(c.z), unpack2x16float(c.w)),
+        vec4<f32>(unpack2x16float(e.x), unpack2x16float(e.y)), vec4<f32>(unpack2x16float(e.z), unpack2x16float(e.w)));
     return 1.0;
 #endif
 }
@@ -147,6 +149,11 @@ fn group_dot(row: u32, g: u32, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: 
         + dot(vec4<f32>(unpack2x16float(c.x), unpack2x16float(c.y)), x4) + dot(vec4<f32>(unpack2x16float(c.z), unpack2x16float(c.w)), x5)
         + dot(vec4<f32>(unpack2x16float(e.x), unpack2x16float(e.y)), x6) + dot(vec4<f32>(unpack2x16float(e.z), unpack2x16float(e.w)), x7);
 #endif
+}
+
+// An unpacked group (load_group) times x0..x7, with constant indices only.
+fn dot_unpacked(wv: array<vec4<f32>, 8>, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>, x4: vec4<f32>, x5: vec4<f32>, x6: vec4<f32>, x7: vec4<f32>) -> f32 {
+    return dot(wv[0], x0) + dot(wv[1], x1) + dot(wv[2], x2) + dot(wv[3], x3) + dot(wv[4], x4) + dot(wv[5], x5) + dot(wv[6], x6) + dot(wv[7], x7);
 }
 
 // The scale of group `g` of row `row` (1 for F16).
@@ -257,18 +264,22 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
 #endif
         for (var j = 0u; j < TILE; j++) {
             let k = xb[j] + g * 8u;
-            var s = vec4<f32>(0.0);
-            for (var m = 0u; m < 8u; m++) {
-                let xv = x[k + m];
-                s.x += dot(w0[m], xv);
+            let x0 = x[k];
+            let x1 = x[k + 1u];
+            let x2 = x[k + 2u];
+            let x3 = x[k + 3u];
+            let x4 = x[k + 4u];
+            let x5 = x[k + 5u];
+            let x6 = x[k + 6u];
+            let x7 = x[k + 7u];
+            var s = vec4<f32>(dot_unpacked(w0, x0, x1, x2, x3, x4, x5, x6, x7), 0.0, 0.0, 0.0);
 #if ROWS2
-                s.y += dot(w1[m], xv);
+            s.y = dot_unpacked(w1, x0, x1, x2, x3, x4, x5, x6, x7);
 #endif
 #if ROWS4
-                s.z += dot(w2[m], xv);
-                s.w += dot(w3[m], xv);
+            s.z = dot_unpacked(w2, x0, x1, x2, x3, x4, x5, x6, x7);
+            s.w = dot_unpacked(w3, x0, x1, x2, x3, x4, x5, x6, x7);
 #endif
-            }
             acc[j] += s * d;
         }
     }

@@ -161,7 +161,7 @@ test("shards stream chunk by chunk into the loader, with progress", async () => 
   const out = await load({ Loader }, fakeSource(files), { context: 64, progress: (p) => progress.push(p) });
   assert.equal(out.engine, "engine");
   assert.equal(out.bytes, 15);
-  assert.deepEqual(calls, [["create", { context: 64, f16: true }], ["begin", 0], ["end", 0, 10], ["begin", 1], ["end", 1, 5], ["finish"]]);
+  assert.deepEqual(calls, [["create", { context: 64, f16: true, kernels: null }], ["begin", 0], ["end", 0, 10], ["begin", 1], ["end", 1, 5], ["finish"]]);
   assert.deepEqual(progress.map((p) => p.phase).filter((p, i, a) => a.indexOf(p) === i), ["fetch", "compile", "download"]);
   const downloads = progress.filter((p) => p.phase === "download");
   assert.deepEqual(downloads.map((p) => p.loaded), [3, 6, 9, 10, 13, 15]);

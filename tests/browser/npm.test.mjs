@@ -103,6 +103,29 @@ test("createWorkerEngine: the same ids from a module worker, streamed", async ()
   assert.equal(out.model, "tiny-q4");
 });
 
+test("kernels: other matrix-product variants give the native ids; a bad one is named", async () => {
+  const want = nativeIds(PROMPT, 12);
+  const out = await page.evaluate(async (messages) => {
+    const { createEngine } = window.puyu;
+    const ids = [];
+    for (const kernels of [{ rowsPerLane: 1, prefillTile: 1 }, { schedule: "lane", rowsPerLane: 2, prefillTile: 4 }]) {
+      const engine = await createEngine({ model: "models/tiny-q4/", kernels });
+      ids.push((await engine.chat.completions.create({ messages, max_tokens: 12, temperature: 0 })).puyu.token_ids);
+      await engine.unload();
+    }
+    let bad = null;
+    try {
+      await createEngine({ model: "models/tiny-q4/", kernels: { rowsPerLane: 3 } });
+    } catch (e) {
+      bad = { name: e.name, message: e.message };
+    }
+    return { ids, bad };
+  }, messages);
+  for (const ids of out.ids) assert.deepEqual(ids, want);
+  assert.equal(out.bad?.name, "InvalidOptionError");
+  assert.match(out.bad.message, /rowsPerLane must be 1, 2 or 4/);
+});
+
 test("named errors: bad options, a prompt over the context, a missing model, a lost device (then a new engine)", async () => {
   const out = await page.evaluate(async (messages) => {
     const { createEngine, InvalidOptionError, ContextLengthError, ModelLoadError } = window.puyu;
