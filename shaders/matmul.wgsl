@@ -124,36 +124,42 @@ fn load_group(row: u32, g: u32, wv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
 #endif
 }
 
-// Σ over group `g` of row `row` of its 32 weights times x0..x7 (8 vec4s of x), unscaled,
+// The 8 vec4s of x that meet one group of weights, as named members (no private array).
+struct X8 {
+    v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>,
+    v4: vec4<f32>, v5: vec4<f32>, v6: vec4<f32>, v7: vec4<f32>,
+}
+
+fn load_x(k: u32) -> X8 {
+    return X8(x[k], x[k + 1u], x[k + 2u], x[k + 3u], x[k + 4u], x[k + 5u], x[k + 6u], x[k + 7u]);
+}
+
+// Σ over group `g` of row `row` of its 32 weights times xs (its 8 vec4s of x), unscaled,
 // with no private arrays: SwiftShader (Chromium's CPU WebGPU) keeps dynamically indexed
 // private arrays in memory, so the decode kernel below avoids them.
-fn group_dot(row: u32, g: u32, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>, x4: vec4<f32>, x5: vec4<f32>, x6: vec4<f32>, x7: vec4<f32>) -> f32 {
+fn group_dot(row: u32, g: u32, xs: X8) -> f32 {
     let at = row * (p.cols / 32u) + g;
 #if Q4
     let q = w[at];
-    return dot8(q.x, x0, x1) + dot8(q.y, x2, x3) + dot8(q.z, x4, x5) + dot8(q.w, x6, x7);
+    return dot8(q.x, xs.v0, xs.v1) + dot8(q.y, xs.v2, xs.v3) + dot8(q.z, xs.v4, xs.v5) + dot8(q.w, xs.v6, xs.v7);
 #endif
 #if Q8
     let a = w[2u * at];
     let b = w[2u * at + 1u];
-    return dot(bytes4(a.x), x0) + dot(bytes4(a.y), x1) + dot(bytes4(a.z), x2) + dot(bytes4(a.w), x3)
-        + dot(bytes4(b.x), x4) + dot(bytes4(b.y), x5) + dot(bytes4(b.z), x6) + dot(bytes4(b.w), x7);
+    return dot(bytes4(a.x), xs.v0) + dot(bytes4(a.y), xs.v1) + dot(bytes4(a.z), xs.v2) + dot(bytes4(a.w), xs.v3)
+        + dot(bytes4(b.x), xs.v4) + dot(bytes4(b.y), xs.v5) + dot(bytes4(b.z), xs.v6) + dot(bytes4(b.w), xs.v7);
 #endif
 #if F16
-    let a = w[4u * at];
-    let b = w[4u * at + 1u];
-    let c = w[4u * at + 2u];
-    let e = w[4u * at + 3u];
-    return dot(vec4<f32>(unpack2x16float(a.x), unpack2x16float(a.y)), x0) + dot(vec4<f32>(unpack2x16float(a.z), unpack2x16float(a.w)), x1)
-        + dot(vec4<f32>(unpack2x16float(b.x), unpack2x16float(b.y)), x2) + dot(vec4<f32>(unpack2x16float(b.z), unpack2x16float(b.w)), x3)
-        + dot(vec4<f32>(unpack2x16float(c.x), unpack2x16float(c.y)), x4) + dot(vec4<f32>(unpack2x16float(c.z), unpack2x16float(c.w)), x5)
-        + dot(vec4<f32>(unpack2x16float(e.x), unpack2x16float(e.y)), x6) + dot(vec4<f32>(unpack2x16float(e.z), unpack2x16float(e.w)), x7);
+    // (rare on CPU adapters; through an array with constant indices)
+    var wv: array<vec4<f32>, 8>;
+    load_group(row, g, &wv);
+    return dot_unpacked(wv, xs);
 #endif
 }
 
-// An unpacked group (load_group) times x0..x7, with constant indices only.
-fn dot_unpacked(wv: array<vec4<f32>, 8>, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>, x4: vec4<f32>, x5: vec4<f32>, x6: vec4<f32>, x7: vec4<f32>) -> f32 {
-    return dot(wv[0], x0) + dot(wv[1], x1) + dot(wv[2], x2) + dot(wv[3], x3) + dot(wv[4], x4) + dot(wv[5], x5) + dot(wv[6], x6) + dot(wv[7], x7);
+// An unpacked group (load_group) times xs, with constant indices only.
+fn dot_unpacked(wv: array<vec4<f32>, 8>, xs: X8) -> f32 {
+    return dot(wv[0], xs.v0) + dot(wv[1], xs.v1) + dot(wv[2], xs.v2) + dot(wv[3], xs.v3) + dot(wv[4], xs.v4) + dot(wv[5], xs.v5) + dot(wv[6], xs.v6) + dot(wv[7], xs.v7);
 }
 
 // The scale of group `g` of row `row` (1 for F16).
@@ -264,45 +270,30 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
 #endif
         for (var j = 0u; j < TILE; j++) {
             let k = xb[j] + g * 8u;
-            let x0 = x[k];
-            let x1 = x[k + 1u];
-            let x2 = x[k + 2u];
-            let x3 = x[k + 3u];
-            let x4 = x[k + 4u];
-            let x5 = x[k + 5u];
-            let x6 = x[k + 6u];
-            let x7 = x[k + 7u];
-            var s = vec4<f32>(dot_unpacked(w0, x0, x1, x2, x3, x4, x5, x6, x7), 0.0, 0.0, 0.0);
+            let xs = load_x(k);
+            var s = vec4<f32>(dot_unpacked(w0, xs), 0.0, 0.0, 0.0);
 #if ROWS2
-            s.y = dot_unpacked(w1, x0, x1, x2, x3, x4, x5, x6, x7);
+            s.y = dot_unpacked(w1, xs);
 #endif
 #if ROWS4
-            s.z = dot_unpacked(w2, x0, x1, x2, x3, x4, x5, x6, x7);
-            s.w = dot_unpacked(w3, x0, x1, x2, x3, x4, x5, x6, x7);
+            s.z = dot_unpacked(w2, xs);
+            s.w = dot_unpacked(w3, xs);
 #endif
             acc[j] += s * d;
         }
     }
 #else
-    // One token (decode): x's 8 vec4s of the group in locals, each row's group summed straight
-    // from its packed words.
+    // One token (decode): each row's group summed straight from its packed words.
     for (var g = 0u; g < groups; g++) {
         let k = min(t0, p.tokens - 1u) * (p.cols / 4u) + g * 8u;
-        let x0 = x[k];
-        let x1 = x[k + 1u];
-        let x2 = x[k + 2u];
-        let x3 = x[k + 3u];
-        let x4 = x[k + 4u];
-        let x5 = x[k + 5u];
-        let x6 = x[k + 6u];
-        let x7 = x[k + 7u];
-        var s = vec4<f32>(group_dot(rows.x, g, x0, x1, x2, x3, x4, x5, x6, x7) * group_scale(rows.x, g), 0.0, 0.0, 0.0);
+        let xs = load_x(k);
+        var s = vec4<f32>(group_dot(rows.x, g, xs) * group_scale(rows.x, g), 0.0, 0.0, 0.0);
 #if ROWS2
-        s.y = group_dot(rows.y, g, x0, x1, x2, x3, x4, x5, x6, x7) * group_scale(rows.y, g);
+        s.y = group_dot(rows.y, g, xs) * group_scale(rows.y, g);
 #endif
 #if ROWS4
-        s.z = group_dot(rows.z, g, x0, x1, x2, x3, x4, x5, x6, x7) * group_scale(rows.z, g);
-        s.w = group_dot(rows.w, g, x0, x1, x2, x3, x4, x5, x6, x7) * group_scale(rows.w, g);
+        s.z = group_dot(rows.z, g, xs) * group_scale(rows.z, g);
+        s.w = group_dot(rows.w, g, xs) * group_scale(rows.w, g);
 #endif
         acc[0] += s;
     }

@@ -79,10 +79,13 @@ try {
     })}`);
     puyu.push(p);
     adapter = p.adapter;
+    console.error(`  puyu: prompt ${p.prompt_tokens} tokens at ${p.prefill_median.toFixed(2)} tok/s, decode ${p.decode_median.toFixed(2)} tok/s`);
     console.error(`peers: run ${r}/${repeat}: wllama ${WLLAMA} (wasm CPU)`);
-    wllama.push(await runPage(`http://127.0.0.1:${port}/tools/bench-peers/wllama.html?${new URLSearchParams({
+    const w = await runPage(`http://127.0.0.1:${port}/tools/bench-peers/wllama.html?${new URLSearchParams({
       model: "../../target/peers-web/model.gguf", prompt: String(p.prompt_tokens), gen: String(gen), repeat: "1", context,
-    })}`));
+    })}`);
+    wllama.push(w);
+    console.error(`  wllama: prompt ${w.prompt_tokens} tokens at ${w.prefill_median.toFixed(2)} tok/s, decode ${w.decode_median.toFixed(2)} tok/s`);
   }
 } finally {
   await b.close();
@@ -101,7 +104,7 @@ console.log("| engine | load s | prefill tok/s | decode tok/s |");
 console.log("|---|---|---|---|");
 console.log(`| wllama ${WLLAMA}, wasm CPU, ${w.threads} threads${w.cross_origin_isolated ? "" : " (not isolated!)"} | ` +
   `${median(pick(wllama, "load_s")).toFixed(1)} | ${cell(pick(wllama, "prefill_median"))} | ${cell(pick(wllama, "decode_median"))} |`);
-console.log(`| puyu, WebGPU on ${adapter.split(";")[0].trim()} | ${median(pick(puyu, "load_s")).toFixed(1)} | ` +
+console.log(`| puyu, WebGPU${adapter.includes("Cpu") ? " on SwiftShader (CPU)" : ""}, ${adapter.split(";")[1]?.trim() ?? ""} | ${median(pick(puyu, "load_s")).toFixed(1)} | ` +
   `${cell(pick(puyu, "prefill_median"))} | ${cell(pick(puyu, "decode_median"))} |`);
 console.log(`| puyu / wllama | | ${(median(pick(puyu, "prefill_median")) / median(pick(wllama, "prefill_median"))).toFixed(2)}× | ` +
   `${(median(pick(puyu, "decode_median")) / median(pick(wllama, "decode_median"))).toFixed(2)}× |`);
