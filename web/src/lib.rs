@@ -88,7 +88,7 @@ fn kernel_options(mut o: GpuOptions, kernels: Option<&Value>) -> Result<GpuOptio
     };
     let k = k.as_object().ok_or_else(|| invalid("kernels must be an object"))?;
     for (key, v) in k {
-        let n = || v.as_u64().map(|n| n as u32);
+        let n = || v.as_u64().and_then(|n| u32::try_from(n).ok());
         match key.as_str() {
             "schedule" => {
                 o.matmul = match v.as_str() {

@@ -248,8 +248,12 @@ impl GpuModel {
             let mut tensors = vec![t];
             for name in &names[1..] {
                 let (t2, e2) = manifest.tensor(name).ok_or_else(|| Error::MissingTensor { name: (*name).into() })?;
-                if e2.shape != entry.shape || e2.quant != entry.quant {
+                if e2.shape != entry.shape {
                     return Err(Error::WrongShape { name: (*name).into(), expected: entry.shape.clone(), actual: e2.shape.clone() });
+                }
+                if e2.quant != entry.quant {
+                    let reason = format!("`{name}` is {} but `{}` is {}: they share buffers and must match", e2.quant, names[0], entry.quant);
+                    return Err(Error::ManifestInvalid { reason });
                 }
                 tensors.push(t2);
             }
