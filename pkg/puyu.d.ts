@@ -92,7 +92,8 @@ export interface EngineInfo {
   description: string;
   f16: boolean;
   context: number;
-  memory: { weights: number; kv_cache: number; scratch: number };
+  /** GPU bytes; decode_read: the weight bytes one decode step reads (all but the embedding table). */
+  memory: { weights: number; decode_read: number; kv_cache: number; scratch: number };
   layers: number;
   hidden_size: number;
   vocab_size: number;

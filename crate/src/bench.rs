@@ -47,6 +47,36 @@ pub struct Report {
     pub decode_tokens_per_s: Spread,
     pub time_to_first_token_ms: Spread,
     pub memory_bytes: Memory,
+    /// Weight bytes a decode step reads × median decode tokens/s, GB/s.
+    pub decode_weight_gb_per_s: f64,
+    /// This adapter's buffer-copy bandwidth (bytes read + written per second), GB/s.
+    pub copy_gb_per_s: f64,
+    /// decode_weight_gb_per_s / copy_gb_per_s: how close decode is to the bandwidth roofline.
+    pub roofline_fraction: f64,
+}
+
+/// The adapter's memory bandwidth as a buffer copy achieves it: bytes read plus bytes written
+/// per second, over 4 copies of up to 256 MiB in one submission after a warm-up copy (the
+/// roofline decode is compared against).
+pub fn copy_bandwidth(gpu: &crate::gpu::Gpu) -> Result<f64> {
+    let dev = &gpu.device;
+    let bytes = (256u64 << 20).min(dev.limits().max_buffer_size / 4 * 4);
+    let buffer = |usage| dev.create_buffer(&wgpu::BufferDescriptor { label: Some("copy bandwidth"), size: bytes, usage, mapped_at_creation: false });
+    let (src, dst) = (buffer(wgpu::BufferUsages::COPY_SRC), buffer(wgpu::BufferUsages::COPY_DST));
+    let wait = || dev.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| crate::error::Error::Gpu(e.to_string()));
+    let copy = |times: usize| {
+        let mut enc = dev.create_command_encoder(&Default::default());
+        for _ in 0..times {
+            enc.copy_buffer_to_buffer(&src, 0, &dst, 0, bytes);
+        }
+        gpu.queue.submit([enc.finish()]);
+    };
+    copy(1);
+    wait()?;
+    let start = Instant::now();
+    copy(4);
+    wait()?;
+    Ok(2.0 * 4.0 * bytes as f64 / start.elapsed().as_secs_f64())
 }
 
 /// The prompt of a benchmark: ids spread over the vocabulary, <s> first.

@@ -751,6 +751,9 @@ mod cli {
             let load_s = start.elapsed().as_secs_f64();
             let (prefill, decode, ttft) = puyu::bench::run(&mut engine, prompt_tokens, gen_tokens, repeat)?;
             let g = engine.gpu();
+            let decode = puyu::bench::Spread::of(&decode);
+            let decode_weight_gb_per_s = engine.memory.decode_read as f64 * decode.median / 1e9;
+            let copy_gb_per_s = puyu::bench::copy_bandwidth(g)? / 1e9;
             let report = puyu::bench::Report {
                 model: model.to_string(),
                 adapter: g.adapter_info.name.clone(),
@@ -762,9 +765,12 @@ mod cli {
                 repeat,
                 load_s,
                 prefill_tokens_per_s: puyu::bench::Spread::of(&prefill),
-                decode_tokens_per_s: puyu::bench::Spread::of(&decode),
+                decode_tokens_per_s: decode,
                 time_to_first_token_ms: puyu::bench::Spread::of(&ttft),
                 memory_bytes: engine.memory,
+                decode_weight_gb_per_s,
+                copy_gb_per_s,
+                roofline_fraction: decode_weight_gb_per_s / copy_gb_per_s,
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -782,6 +788,14 @@ mod cli {
             let mb = |b: u64| b as f64 / 1e6;
             let m = r.memory_bytes;
             println!("{:<22} {:>10.1} MB weights, {:.2} MB KV cache, {:.1} MB scratch", "GPU memory", mb(m.weights), mb(m.kv_cache), mb(m.scratch));
+            println!(
+                "{:<22} {:>10.2} GB/s    ({:.1} MB of weights a token; {:.0}% of the {:.2} GB/s a buffer copy reaches here)",
+                "decode bandwidth",
+                r.decode_weight_gb_per_s,
+                mb(m.decode_read),
+                100.0 * r.roofline_fraction,
+                r.copy_gb_per_s
+            );
             Ok(())
         }
     }

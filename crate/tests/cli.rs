@@ -271,6 +271,12 @@ fn bench_json_has_every_field() {
     let m = &v["memory_bytes"];
     assert!(m["weights"].as_u64().unwrap() > 23_000_000, "{m}");
     assert_eq!(m["kv_cache"].as_u64(), Some(2 * 2 * 13 * 32 * 4));
+    // Decode reads all but the embedding table: 92544 × 64 f16, and the 4-byte placeholder of
+    // its (unused) scales buffer.
+    assert_eq!(m["weights"].as_u64().unwrap() - m["decode_read"].as_u64().unwrap(), 92544 * 64 * 2 + 4, "{m}");
+    let (decode_bw, copy_bw) = (v["decode_weight_gb_per_s"].as_f64().unwrap(), v["copy_gb_per_s"].as_f64().unwrap());
+    assert!(decode_bw > 0.0 && copy_bw > 0.0, "{v}");
+    assert!((v["roofline_fraction"].as_f64().unwrap() - decode_bw / copy_bw).abs() < 1e-9, "{v}");
 
     let out = puyu(&["bench", "--kernels", "tiny", "--prompt-tokens", "5", "--json", "--no-subgroups"]);
     assert!(out.status.success(), "{}", stderr(&out));

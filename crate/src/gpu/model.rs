@@ -123,6 +123,9 @@ impl Default for GpuOptions {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Memory {
     pub weights: u64,
+    /// Weight bytes one decode step reads: all but the embedding table (of which it reads
+    /// one row) — the numerator of the bandwidth roofline.
+    pub decode_read: u64,
     pub kv_cache: u64,
     /// Activations, attention partials, sampling scratch, readback buffers.
     pub scratch: u64,
@@ -303,6 +306,7 @@ impl GpuModel {
         let mut steps: Vec<StepSpec> = Vec::new();
         // Built first so the borrows below can refer to them.
         let embedding = weight("model.tok_embeddings.weight")?;
+        let embedding_bytes: u64 = embedding.chunks.iter().map(|c| c.data.size() + c.scales.size()).sum();
         let mut layers = Vec::new();
         for l in 0..c.num_layers {
             let p = format!("model.layers.{l}.");
@@ -434,7 +438,7 @@ impl GpuModel {
             chosen_staging,
             part_rows,
             prefill_tile,
-            memory: Memory { weights: weights_bytes, kv_cache, scratch: allocated.get() - weights_bytes - kv_cache },
+            memory: Memory { weights: weights_bytes, decode_read: weights_bytes - embedding_bytes, kv_cache, scratch: allocated.get() - weights_bytes - kv_cache },
             len: 0,
         };
         Ok((model, writer.into_inner()))
