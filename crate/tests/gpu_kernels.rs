@@ -61,99 +61,63 @@ fn run(gpu: &Gpu, l: Launch) -> Vec<Vec<u8>> {
 
 const TOL: f64 = 1e-10;
 
+/// Every matmul variant against the reference: plain, with the residual add (ADD), and the
+/// fused gate/up product (GLU: W = [W1; W3] in one buffer, y = silu(x·W1ᵀ) · (x·W3ᵀ), against
+/// the reference's two products and SwiGLU), in every schedule and tile.
 #[test]
 fn matmul_all_variants_and_shapes() {
     // (rows, cols, tokens): one row; odd rows and tokens; K not a power of two; more
-    // tokens than a tile of 8 and not a multiple of it.
-    let shapes = [(1, 32, 1), (67, 96, 5), (130, 256, 9), (64, 160, 17)];
+    // tokens than a tile of 8 and not a multiple of it; more GLU output rows than a
+    // workgroup of 2 outputs per lane covers.
+    let shapes = [(1, 32, 1), (67, 96, 5), (130, 256, 9), (64, 160, 17), (200, 64, 17)];
     for g in both() {
         for quant in [Quant::Q4, Quant::Q8, Quant::F16] {
             for &(rows, cols, tokens) in &shapes {
-                let w = values(rows * cols, 1 + rows as u64);
-                let (mut data, mut scales) = (Vec::new(), Vec::new());
-                quant.quantize(&w, cols, &mut data, &mut scales);
-                let wq = quant.dequantize(&data, &scales);
+                // W (the gate half under GLU), the up half W3, then both stacked.
+                let (mut data, mut scales, mut wq) = (Vec::new(), Vec::new(), Vec::new());
+                for seed in [1, 100] {
+                    let (mut d, mut sc) = (Vec::new(), Vec::new());
+                    quant.quantize(&values(rows * cols, seed + rows as u64), cols, &mut d, &mut sc);
+                    wq.push(quant.dequantize(&d, &sc));
+                    data.push(d);
+                    scales.push(sc);
+                }
+                data.push(data.concat());
+                scales.push(scales.concat());
                 let x = values(tokens * cols, 7);
                 let y0 = values(tokens * rows, 9);
-                let want = reference::matmul(&x, &wq, cols);
-                for tile in ["", "TILE4", "TILE8"] {
-                    for schedule in ["ROW_PER_LANE", "ROW_PER_LANE+ROWS2", "ROW_PER_LANE+ROWS2+ROWS4", "", "SUBGROUPS"] {
-                        if schedule == "SUBGROUPS" && !g.subgroups {
-                            continue;
-                        }
-                        for add in [false, true] {
-                            let mut defines: Vec<&str> = vec![quant.to_string().to_uppercase().leak()];
-                            defines.extend(tile.split('+').chain(schedule.split('+')).filter(|d| !d.is_empty()));
-                            if add {
-                                defines.push("ADD");
+                let plain = reference::matmul(&x, &wq[0], cols);
+                let up = reference::matmul(&x, &wq[1], cols);
+                for epilogue in ["", "ADD", "GLU"] {
+                    let (w, sc, want): (&[u8], &[u8], Vec<f32>) = match epilogue {
+                        "ADD" => (&data[0], &scales[0], plain.iter().zip(&y0).map(|(a, b)| a + b).collect()),
+                        "GLU" => (&data[2], &scales[2], plain.iter().zip(&up).map(|(g, u)| reference::silu(*g) * u).collect()),
+                        _ => (&data[0], &scales[0], plain.clone()),
+                    };
+                    for tile in ["", "TILE4", "TILE8"] {
+                        for schedule in ["ROW_PER_LANE", "ROW_PER_LANE+ROWS2", "ROW_PER_LANE+ROWS2+ROWS4", "", "SUBGROUPS"] {
+                            // GLU pairs a lane's rows: at least 2 per lane.
+                            if (schedule == "SUBGROUPS" && !g.subgroups) || (epilogue == "GLU" && schedule == "ROW_PER_LANE") {
+                                continue;
                             }
+                            let mut defines: Vec<&str> = vec![quant.to_string().to_uppercase().leak()];
+                            defines.extend([epilogue, tile].into_iter().chain(schedule.split('+')).filter(|d| !d.is_empty()));
                             let t = match tile { "TILE4" => 4, "TILE8" => 8, _ => 1 };
                             let r = rows as u32;
                             let per_lane = if schedule.ends_with("ROWS4") { 4 } else if schedule.ends_with("ROWS2") { 2 } else { 1 };
-                            let groups = if schedule.starts_with("ROW_PER_LANE") { r.div_ceil(64 * per_lane) } else { r };
+                            let outputs_per_lane = if epilogue == "GLU" { per_lane / 2 } else { per_lane };
+                            let groups = if schedule.starts_with("ROW_PER_LANE") { r.div_ceil(64 * outputs_per_lane) } else { r };
                             let out = run(&g, Launch {
                                 source: shaders::MATMUL,
                                 entry: "matmul",
                                 defines: &defines,
-                                buffers: vec![Buf::In(bytes(&x)), Buf::In(&data), Buf::In(&scales), Buf::Out(bytes(&y0))],
+                                buffers: vec![Buf::In(bytes(&x)), Buf::In(w), Buf::In(sc), Buf::Out(bytes(&y0))],
                                 params: [r, cols as u32, tokens as u32, r, 0, 0, 0, 0],
                                 groups: [groups, 1, (tokens as u32).div_ceil(t)],
                             });
-                            let got = floats(&out[0], tokens * rows);
-                            let want: Vec<f32> = if add { want.iter().zip(&y0).map(|(a, b)| a + b).collect() } else { want.clone() };
-                            let e = nmse(&got, &want);
+                            let e = nmse(&floats(&out[0], tokens * rows), &want);
                             assert!(e <= TOL, "matmul {defines:?} {rows}x{cols} T={tokens}: NMSE {e:.2e}");
                         }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The fused feed-forward product (GLU): W = [W1; W3] in one buffer, y = silu(x·W1ᵀ) ·
-/// (x·W3ᵀ), in every schedule and tile, against the reference's two products and SwiGLU.
-#[test]
-fn matmul_glu_all_schedules() {
-    let shapes = [(1, 32, 1), (67, 96, 5), (130, 256, 9), (200, 64, 17)];
-    for g in both() {
-        for quant in [Quant::Q4, Quant::Q8, Quant::F16] {
-            for &(rows, cols, tokens) in &shapes {
-                let (mut data, mut scales) = (Vec::new(), Vec::new());
-                let mut halves = Vec::new();
-                for seed in [11, 12] {
-                    let w = values(rows * cols, seed + rows as u64);
-                    let (mut d, mut s) = (Vec::new(), Vec::new());
-                    quant.quantize(&w, cols, &mut d, &mut s);
-                    halves.push(quant.dequantize(&d, &s));
-                    data.extend(d);
-                    scales.extend(s);
-                }
-                let x = values(tokens * cols, 7);
-                let (gate, up) = (reference::matmul(&x, &halves[0], cols), reference::matmul(&x, &halves[1], cols));
-                let want: Vec<f32> = gate.iter().zip(&up).map(|(g, u)| reference::silu(*g) * u).collect();
-                let y0 = vec![0f32; tokens * rows];
-                for tile in ["", "TILE4", "TILE8"] {
-                    for schedule in ["ROW_PER_LANE+ROWS2", "ROW_PER_LANE+ROWS2+ROWS4", "", "SUBGROUPS"] {
-                        if schedule == "SUBGROUPS" && !g.subgroups {
-                            continue;
-                        }
-                        let mut defines: Vec<&str> = vec![quant.to_string().to_uppercase().leak(), "GLU"];
-                        defines.extend(tile.split('+').chain(schedule.split('+')).filter(|d| !d.is_empty()));
-                        let t = match tile { "TILE4" => 4, "TILE8" => 8, _ => 1 };
-                        let r = rows as u32;
-                        // Output rows per workgroup: 64 lanes × (rows per lane / 2) in the lane schedules.
-                        let groups = match schedule { "ROW_PER_LANE+ROWS2" => r.div_ceil(64), "ROW_PER_LANE+ROWS2+ROWS4" => r.div_ceil(128), _ => r };
-                        let out = run(&g, Launch {
-                            source: shaders::MATMUL,
-                            entry: "matmul",
-                            defines: &defines,
-                            buffers: vec![Buf::In(bytes(&x)), Buf::In(&data), Buf::In(&scales), Buf::Out(bytes(&y0))],
-                            params: [r, cols as u32, tokens as u32, r, 0, 0, 0, 0],
-                            groups: [groups, 1, (tokens as u32).div_ceil(t)],
-                        });
-                        let e = nmse(&floats(&out[0], tokens * rows), &want);
-                        assert!(e <= TOL, "matmul {defines:?} {rows}x{cols} T={tokens}: NMSE {e:.2e}");
                     }
                 }
             }
