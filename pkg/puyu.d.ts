@@ -19,8 +19,9 @@ export interface LoadOptions {
   f16?: boolean;
   /** Matrix-product variants, for benchmarks (default: the engine's choice for the adapter):
    *  a lane per row ("lane", with 1, 2 or 4 rows per lane) or a workgroup per row, and the
-   *  tokens per tile in prefill. */
-  kernels?: { schedule?: "auto" | "lane" | "workgroup"; rowsPerLane?: 1 | 2 | 4; prefillTile?: 1 | 4 | 8 };
+   *  tokens per tile in prefill; `profile` times every dispatch with timestamp queries (the
+   *  adapter must have timestamp-query; see EngineInfo.profile). */
+  kernels?: { schedule?: "auto" | "lane" | "workgroup"; rowsPerLane?: 1 | 2 | 4; prefillTile?: 1 | 4 | 8; profile?: boolean };
   /** Keep downloaded shards in the Cache API (default true). */
   useCache?: boolean;
   signal?: AbortSignal;
@@ -97,8 +98,19 @@ export interface EngineInfo {
   layers: number;
   hidden_size: number;
   vocab_size: number;
+  /** With kernels.profile: the GPU time by kind of dispatch of the latest prompt step and
+   *  decode step (null until one has run); otherwise null. */
+  profile: { prefill: StepProfile | null; decode: StepProfile | null } | null;
   model: string;
   wasmMemoryBytes: number;
+}
+
+export interface StepProfile {
+  tokens: number;
+  /** From the start of the first dispatch to the end of the last. */
+  wall_ms: number;
+  /** One row per kind of dispatch ("wqkv", "attend", "output", …), in the order they first run. */
+  rows: { name: string; dispatches: number; ms: number }[];
 }
 
 export interface ChatCompletions {

@@ -3,7 +3,9 @@
 // driven headless; prints its JSON result. The model folder is served beside the page.
 //
 //   node tools/bench-browser.mjs MODEL_DIR [--prompt WORDS] [--gen TOKENS] [--repeat N] [--context N]
-//                                [--schedule lane|workgroup] [--rows 1|2|4] [--tile 1|4|8]
+//                                [--schedule lane|workgroup] [--rows 1|2|4] [--tile 1|4|8] [--profile]
+// --profile: GPU time by kind of dispatch (timestamp queries, unrounded: Chromium runs with
+// its WebGPU developer features on).
 // Needs `bash tools/web.sh build` first and playwright-core (tests/browser: npm ci).
 
 import fs from "node:fs";
@@ -22,7 +24,8 @@ fs.rmSync(link, { recursive: true, force: true });
 fs.mkdirSync(path.dirname(link), { recursive: true });
 fs.symlinkSync(modelDir, link);
 const { server, port } = await serve({ root });
-const b = await browser();
+const profile = process.argv.includes("--profile");
+const b = await browser({ args: profile ? ["--enable-webgpu-developer-features"] : [] });
 try {
   const page = await b.context.newPage();
   const q = new URLSearchParams({
@@ -31,6 +34,7 @@ try {
   });
   // Matrix-product variants (default: the engine's choice).
   for (const k of ["schedule", "rows", "tile"]) if (arg(`--${k}`)) q.set(k, arg(`--${k}`));
+  if (profile) q.set("profile", "1");
   await page.goto(`http://127.0.0.1:${port}/www/bench.html?${q}`);
   await page.waitForFunction(() => window.benchResult, null, { timeout: 0, polling: 1000 });
   console.log(JSON.stringify(await page.evaluate(() => window.benchResult), null, 1));

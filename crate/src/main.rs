@@ -166,6 +166,10 @@ mod cli {
             /// With --kernels: only the kernels whose name contains this (e.g. `w1`, `attend`).
             #[arg(long, requires = "kernels")]
             only: Option<String>,
+            /// Also print the GPU time of each kind of dispatch in the last prompt step and the
+            /// last decode step (timestamp queries; the adapter must have timestamp-query).
+            #[arg(long, conflicts_with = "kernels")]
+            profile: bool,
             #[command(flatten)]
             gpu: GpuArgs,
         },
@@ -428,11 +432,14 @@ mod cli {
         /// Do not use subgroup operations even if the adapter has them.
         #[arg(long)]
         no_subgroups: bool,
+        /// Time every dispatch with timestamp queries (`bench --profile`).
+        #[arg(skip)]
+        timestamps: bool,
     }
 
     impl GpuArgs {
         fn open(&self) -> anyhow::Result<gpu::Gpu> {
-            let wish = gpu::FeatureWish { f16: !self.no_f16, subgroups: !self.no_subgroups };
+            let wish = gpu::FeatureWish { f16: !self.no_f16, subgroups: !self.no_subgroups, timestamps: self.timestamps };
             Ok(pollster::block_on(gpu::Gpu::open(self.backend.wgpu(), wish))?)
         }
     }
@@ -623,8 +630,8 @@ mod cli {
             Command::Bench { kernels: Some(shape), only, prompt_tokens, json, gpu, .. } => {
                 bench::kernels(&shape, only.as_deref(), prompt_tokens, json, gpu)
             }
-            Command::Bench { model, prompt_tokens, gen_tokens, repeat, json, gpu, .. } => {
-                bench::run(&model, prompt_tokens, gen_tokens, repeat, json, gpu)
+            Command::Bench { model, prompt_tokens, gen_tokens, repeat, json, profile, gpu, .. } => {
+                bench::run(&model, prompt_tokens, gen_tokens, repeat, json, GpuArgs { timestamps: profile, ..gpu })
             }
             Command::Tokenize { model, no_bos, text } => {
                 let ids = load_tokenizer(&model)?.encode(&text, !no_bos)?;
@@ -745,6 +752,9 @@ mod cli {
             // Load time: opening the folder and uploading, not converting a tiny or HF model.
             let start = Instant::now();
             let mut engine = upload(&dir, args, |_| prompt_tokens + gen_tokens + 1)?;
+            if args.timestamps && !engine.gpu().timestamps {
+                bail!("--profile needs timestamp-query, which {} does not have", engine.gpu().adapter_info.name);
+            }
             // Uploads are queued: wait for them, so load time is the time to a usable model.
             let device = &engine.gpu().device;
             device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -771,6 +781,7 @@ mod cli {
                 decode_weight_gb_per_s,
                 copy_gb_per_s,
                 roofline_fraction: decode_weight_gb_per_s / copy_gb_per_s,
+                profile: args.timestamps.then(|| engine.profile().clone()),
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -796,6 +807,16 @@ mod cli {
                 100.0 * r.roofline_fraction,
                 r.copy_gb_per_s
             );
+            if let Some(p) = &r.profile {
+                for (what, step) in [("prompt", &p.prefill), ("decode", &p.decode)] {
+                    let Some(step) = step else { continue };
+                    let busy: f64 = step.rows.iter().map(|r| r.ms).sum();
+                    println!("GPU time of the last {what} step ({} token(s)): {busy:.2} ms in passes, {:.2} ms first to last", step.tokens, step.wall_ms);
+                    for row in &step.rows {
+                        println!("  {:<16} {:>5} × {:>10.3} ms {:>5.1}%", row.name, row.dispatches, row.ms, 100.0 * row.ms / busy.max(1e-12));
+                    }
+                }
+            }
             Ok(())
         }
     }

@@ -277,6 +277,20 @@ fn bench_json_has_every_field() {
     let (decode_bw, copy_bw) = (v["decode_weight_gb_per_s"].as_f64().unwrap(), v["copy_gb_per_s"].as_f64().unwrap());
     assert!(decode_bw > 0.0 && copy_bw > 0.0, "{v}");
     assert!((v["roofline_fraction"].as_f64().unwrap() - decode_bw / copy_bw).abs() < 1e-9, "{v}");
+    assert!(v.get("profile").is_none(), "no profile unless asked: {v}");
+
+    // --profile: the last prompt (9 tokens) and decode step, by kind of dispatch.
+    let out = puyu(&["bench", "--prompt-tokens", "9", "--gen-tokens", "2", "--repeat", "1", "--json", "--profile"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (step, tokens) in [("prefill", 9), ("decode", 1)] {
+        let s = &v["profile"][step];
+        assert_eq!(s["tokens"].as_u64(), Some(tokens), "{v}");
+        let rows = s["rows"].as_array().unwrap();
+        let w2 = rows.iter().find(|r| r["name"] == "w2").unwrap_or_else(|| panic!("no w2 row: {s}"));
+        assert_eq!(w2["dispatches"].as_u64(), Some(2), "one per layer: {s}");
+        assert!(rows.iter().map(|r| r["ms"].as_f64().unwrap()).sum::<f64>() > 0.0, "{s}");
+    }
 
     let out = puyu(&["bench", "--kernels", "tiny", "--prompt-tokens", "5", "--json", "--no-subgroups"]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -398,3 +398,42 @@ fn streamed_upload_in_odd_pieces_equals_whole_blobs() {
         other => panic!("expected IncompleteModel, got {:?}", other.map(|l| l.len())),
     }
 }
+
+/// Timestamp queries on every pass: the latest prompt and decode steps, by kind of dispatch,
+/// on a real driver (lavapipe has timestamp-query; a missing one fails here, not skips).
+#[test]
+fn profile_times_every_dispatch() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = folder(TINY, Quant::Q4, root.path());
+    let layers = dir.config.num_layers;
+    let plain = gpu_model_with(&dir, sized(64, 16), FeatureWish::PORTABLE);
+    assert!(!plain.gpu().timestamps, "timestamps are only requested when asked for");
+    let mut gpu = gpu_model_with(&dir, sized(64, 16), FeatureWish { timestamps: true, ..FeatureWish::PORTABLE });
+    assert!(gpu.gpu().timestamps, "the adapter has no timestamp-query: {}", gpu.describe());
+    assert_eq!(gpu.profile(), &puyu::gpu::profile::Profile::default(), "nothing has run yet");
+
+    let next = pollster::block_on(gpu.forward_greedy(&[1, 300, 301, 302, 303])).unwrap();
+    pollster::block_on(gpu.forward_greedy(&[next])).unwrap();
+    let p = gpu.profile().clone();
+    let (prefill, decode) = (p.prefill.expect("a prompt step ran"), p.decode.expect("a decode step ran"));
+    assert_eq!((prefill.tokens, decode.tokens), (5, 1));
+    let per_layer = ["attention_norm", "wqkv", "rope", "attend", "combine", "wo", "ffn_norm", "w1+w3", "w2"];
+    for step in [&prefill, &decode] {
+        let names: Vec<&str> = step.rows.iter().map(|r| r.name).collect();
+        let want: Vec<&str> = ["embed"].into_iter().chain(per_layer).chain(["final_norm", "output", "sample"]).collect();
+        assert_eq!(names, want);
+        for r in &step.rows {
+            let n = if per_layer.contains(&r.name) { layers } else { 1 };
+            assert_eq!(r.dispatches, n, "{}", r.name);
+            assert!(r.ms.is_finite() && r.ms >= 0.0, "{}: {} ms", r.name, r.ms);
+        }
+        // Passes run one after another: their sum fits in the first-to-last span (1 µs of
+        // slack for rounding of the tick conversion), and some time was measured.
+        let busy: f64 = step.rows.iter().map(|r| r.ms).sum();
+        assert!(busy > 0.0 && busy <= step.wall_ms + 1e-3, "passes {busy} ms, span {} ms", step.wall_ms);
+    }
+    // Stepping a different token count replaces only its own kind.
+    pollster::block_on(gpu.forward_greedy(&[5, 6])).unwrap();
+    assert_eq!(gpu.profile().prefill.as_ref().unwrap().tokens, 2);
+    assert_eq!(gpu.profile().decode.as_ref().unwrap(), &decode);
+}

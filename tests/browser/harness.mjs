@@ -23,15 +23,16 @@ export function chromiumPath() {
 
 /**
  * A persistent context (so the Cache API survives page loads) on a fresh profile; with
- * `webgpu: false`, Chromium as it starts without the flag that turns WebGPU on (Linux).
+ * `webgpu: false`, Chromium as it starts without the flag that turns WebGPU on (Linux);
+ * `args`: more command-line flags.
  */
-export async function browser({ webgpu = true } = {}) {
+export async function browser({ webgpu = true, args = [] } = {}) {
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), "puyu-pw-"));
   const flags = ["--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"];
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: chromiumPath(),
     headless: true,
-    args: webgpu ? ["--enable-unsafe-webgpu", ...flags] : flags,
+    args: webgpu ? ["--enable-unsafe-webgpu", ...flags, ...args] : [...flags, ...args],
   });
   const errors = [];
   context.on("weberror", (e) => errors.push(String(e.error())));

@@ -103,14 +103,16 @@ test("createWorkerEngine: the same ids from a module worker, streamed", async ()
   assert.equal(out.model, "tiny-q4");
 });
 
-test("kernels: other matrix-product variants give the native ids; a bad one is named", async () => {
+test("kernels: other matrix-product variants give the native ids; profile times dispatches; a bad one is named", async () => {
   const want = nativeIds(PROMPT, 12);
   const out = await page.evaluate(async (messages) => {
     const { createEngine } = window.puyu;
     const ids = [];
-    for (const kernels of [{ rowsPerLane: 1, prefillTile: 1 }, { schedule: "lane", rowsPerLane: 2, prefillTile: 4 }]) {
+    const profiles = [];
+    for (const kernels of [{ rowsPerLane: 1, prefillTile: 1 }, { schedule: "lane", rowsPerLane: 2, prefillTile: 4, profile: true }]) {
       const engine = await createEngine({ model: "models/tiny-q4/", kernels });
       ids.push((await engine.chat.completions.create({ messages, max_tokens: 12, temperature: 0 })).puyu.token_ids);
+      profiles.push(engine.info().profile);
       await engine.unload();
     }
     let bad = null;
@@ -119,9 +121,22 @@ test("kernels: other matrix-product variants give the native ids; a bad one is n
     } catch (e) {
       bad = { name: e.name, message: e.message };
     }
-    return { ids, bad };
+    return { ids, bad, profiles };
   }, messages);
   for (const ids of out.ids) assert.deepEqual(ids, want);
+  // Timestamps only when asked; then the prompt step and the last decode step, by dispatch
+  // kind (SwiftShader has timestamp-query; Chromium rounds the times, so only their shape
+  // and signs are checked).
+  assert.equal(out.profiles[0], null);
+  const { prefill, decode } = out.profiles[1];
+  assert.equal(decode.tokens, 1);
+  assert.ok(prefill.tokens > 1, JSON.stringify(prefill));
+  for (const step of [prefill, decode]) {
+    assert.deepEqual(step.rows.map((r) => r.name), ["embed", "attention_norm", "wqkv", "rope", "attend", "combine", "wo",
+      "ffn_norm", "w1+w3", "w2", "final_norm", "output", "sample"]);
+    assert.equal(step.rows.find((r) => r.name === "w2").dispatches, 2);
+    assert.ok(step.rows.every((r) => r.ms >= 0) && step.wall_ms > 0, JSON.stringify(step));
+  }
   assert.equal(out.bad?.name, "InvalidOptionError");
   assert.match(out.bad.message, /rowsPerLane must be 1, 2 or 4/);
 });

@@ -81,10 +81,12 @@ fn invalid(message: impl AsRef<str>) -> JsValue {
 }
 
 /// The matrix-product schedule, rows per lane and prefill tile of `kernels` (benchmarks
-/// compare them; the defaults are the engine's choice for the adapter).
-fn kernel_options(mut o: GpuOptions, kernels: Option<&Value>) -> Result<GpuOptions, JsValue> {
+/// compare them; the defaults are the engine's choice for the adapter), and whether to time
+/// every dispatch (`profile`).
+fn kernel_options(mut o: GpuOptions, kernels: Option<&Value>) -> Result<(GpuOptions, bool), JsValue> {
+    let mut profile = false;
     let Some(k) = kernels.filter(|k| !k.is_null()) else {
-        return Ok(o);
+        return Ok((o, profile));
     };
     let k = k.as_object().ok_or_else(|| invalid("kernels must be an object"))?;
     for (key, v) in k {
@@ -100,10 +102,11 @@ fn kernel_options(mut o: GpuOptions, kernels: Option<&Value>) -> Result<GpuOptio
             }
             "rowsPerLane" => o.rows_per_lane = n().filter(|n| [1, 2, 4].contains(n)).ok_or_else(|| invalid(format!("kernels.rowsPerLane must be 1, 2 or 4, got {v}")))?,
             "prefillTile" => o.prefill_tile = n().filter(|n| [1, 4, 8].contains(n)).ok_or_else(|| invalid(format!("kernels.prefillTile must be 1, 4 or 8, got {v}")))?,
-            _ => return Err(invalid(format!("unknown kernels option {key} (known: schedule, rowsPerLane, prefillTile)"))),
+            "profile" => profile = v.as_bool().ok_or_else(|| invalid(format!("kernels.profile must be true or false, got {v}")))?,
+            _ => return Err(invalid(format!("unknown kernels option {key} (known: schedule, rowsPerLane, prefillTile, profile)"))),
         }
     }
-    Ok(o)
+    Ok((o, profile))
 }
 
 /// A model being loaded: buffers made, weights arriving.
@@ -121,7 +124,8 @@ pub struct Loader {
 impl Loader {
     /// Opens the GPU and prepares the model. `options_json`: `{"context": tokens,
     /// "f16": bool, "kernels": {"schedule": "auto" | "lane" | "workgroup", "rowsPerLane":
-    /// 1 | 2 | 4, "prefillTile": 1 | 4 | 8}}` (all optional; `kernels` is for benchmarks).
+    /// 1 | 2 | 4, "prefillTile": 1 | 4 | 8, "profile": bool}}` (all optional; `kernels` is
+    /// for benchmarks: `profile` times every dispatch, see `info().profile`).
     pub async fn create(config_json: String, manifest_json: String, tokenizer_json: Vec<u8>, options_json: String) -> Result<Loader, JsValue> {
         let options: Value = serde_json::from_str(&options_json).map_err(|e| invalid(format!("options: {e}")))?;
         let config = ModelConfig::from_json_str(&config_json).map_err(err)?;
@@ -134,9 +138,12 @@ impl Loader {
             None | Some(Value::Null) => config.max_position_embeddings.min(4096),
             Some(v) => v.as_u64().filter(|&n| n > 0).ok_or_else(|| invalid("context must be a positive integer"))? as usize,
         };
-        let wish = FeatureWish { f16: options.get("f16").and_then(Value::as_bool).unwrap_or(true), subgroups: true };
+        let (gpu_options, timestamps) = kernel_options(GpuOptions { context, ..Default::default() }, options.get("kernels"))?;
+        let wish = FeatureWish { f16: options.get("f16").and_then(Value::as_bool).unwrap_or(true), subgroups: true, timestamps };
         let gpu = Gpu::open(wgpu::Backends::BROWSER_WEBGPU, wish).await.map_err(err)?;
-        let gpu_options = kernel_options(GpuOptions { context, ..Default::default() }, options.get("kernels"))?;
+        if timestamps && !gpu.timestamps {
+            return Err(js_error("DeviceLimitsError", "kernels.profile needs the timestamp-query feature, which this adapter does not have"));
+        }
         let (model, writer) = GpuModel::allocate(gpu, config, &manifest, &gpu_options).map_err(err)?;
         let done = vec![false; manifest.shards.len()];
         Ok(Loader { model, writer, manifest, tokenizer, shard: None, done })
@@ -232,7 +239,8 @@ fn float(request: &Value, key: &str, default: f32) -> Result<f32, JsValue> {
 
 #[wasm_bindgen]
 impl Engine {
-    /// JSON: the adapter and features, the context, GPU memory, the model's sizes.
+    /// JSON: the adapter and features, the context, GPU memory, the model's sizes, and with
+    /// `kernels.profile` the GPU time by dispatch of the latest prompt and decode steps.
     pub fn info(&self) -> Result<String, JsValue> {
         let inner = self.inner.try_borrow().map_err(|_| busy())?;
         let m = &inner.model;
@@ -247,6 +255,7 @@ impl Engine {
             "layers": c.num_layers,
             "hidden_size": c.hidden_size,
             "vocab_size": c.vocab_size,
+            "profile": m.gpu().timestamps.then(|| m.profile()),
         })
         .to_string())
     }

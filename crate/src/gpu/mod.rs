@@ -9,6 +9,7 @@ use wgpu::util::DeviceExt;
 pub mod lab;
 pub mod model;
 pub mod preprocess;
+pub mod profile;
 pub mod weights;
 
 use crate::error::{Error, Result};
@@ -70,17 +71,19 @@ pub struct FeatureWish {
     pub f16: bool,
     /// `subgroups`: matrix-product reductions with subgroupAdd instead of shared memory.
     pub subgroups: bool,
+    /// `timestamp-query`: GPU time of every dispatch (profiling; off unless asked for).
+    pub timestamps: bool,
 }
 
 impl Default for FeatureWish {
     fn default() -> Self {
-        FeatureWish { f16: true, subgroups: true }
+        FeatureWish { f16: true, subgroups: true, timestamps: false }
     }
 }
 
 impl FeatureWish {
     /// Everything off: only what every WebGPU device has.
-    pub const PORTABLE: FeatureWish = FeatureWish { f16: false, subgroups: false };
+    pub const PORTABLE: FeatureWish = FeatureWish { f16: false, subgroups: false, timestamps: false };
 }
 
 pub struct Gpu {
@@ -91,6 +94,8 @@ pub struct Gpu {
     pub f16: bool,
     /// subgroups were requested and granted.
     pub subgroups: bool,
+    /// timestamp-query was requested and granted.
+    pub timestamps: bool,
     /// Set (with the reason) when the device is lost; every later step fails with
     /// [`Error::DeviceLost`].
     lost: std::sync::Arc<std::sync::Mutex<Option<String>>>,
@@ -131,9 +136,11 @@ impl Gpu {
         let has = adapter.features();
         let f16 = wish.f16 && has.contains(wgpu::Features::SHADER_F16);
         let subgroups = wish.subgroups && has.contains(wgpu::Features::SUBGROUP);
+        let timestamps = wish.timestamps && has.contains(wgpu::Features::TIMESTAMP_QUERY);
         let mut features = wgpu::Features::empty();
         features.set(wgpu::Features::SHADER_F16, f16);
         features.set(wgpu::Features::SUBGROUP, subgroups);
+        features.set(wgpu::Features::TIMESTAMP_QUERY, timestamps);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("puyu"),
@@ -156,6 +163,7 @@ impl Gpu {
             queue,
             f16,
             subgroups,
+            timestamps,
             lost,
         })
     }

@@ -15,6 +15,7 @@ use crate::quant::Quant;
 use crate::rope::Rope;
 use crate::sampling::{Draw, Sampler};
 
+use super::profile::{Profile, Profiler};
 use super::weights::{Target, WeightWriter};
 use super::{preprocess::preprocess, shaders, Gpu};
 
@@ -48,6 +49,8 @@ enum Op {
 /// One dispatch; its parameters live in the params slot of its index. Matrix products also
 /// have a token-tiled pipeline for steps of several tokens (prefill).
 struct Step {
+    /// What the profile calls it ("wqkv", "attend", …).
+    name: &'static str,
     op: Op,
     pipeline: wgpu::ComputePipeline,
     tiled: Option<wgpu::ComputePipeline>,
@@ -164,6 +167,9 @@ pub struct GpuModel {
     /// Tokens in the cache.
     pub len: usize,
     rope: Rope,
+    /// Timestamps of every pass, when the device was opened with them.
+    profiler: Option<Profiler>,
+    profile: Profile,
 }
 
 impl GpuModel {
@@ -350,24 +356,24 @@ impl GpuModel {
 
         let embed = pipelines.get(dev, "embed", shaders::EMBED, "embed", &[quant_define(embedding.quant)?], &[Bind::Read, Bind::Read, Bind::Read, Bind::Write, Bind::Uniform])?;
         for c in &embedding.chunks {
-            steps.push((Op::Embed { row0: c.row0 as u32, rows: c.rows as u32 }, embed.clone(), None, vec![&tokens, &c.data, &c.scales, &x]));
+            steps.push(("embed", Op::Embed { row0: c.row0 as u32, rows: c.rows as u32 }, embed.clone(), None, vec![&tokens, &c.data, &c.scales, &x]));
         }
         for (an, wqkv, wo, fnorm, w13, w2, kc, vc) in &layers {
-            steps.push((Op::Norm, pipelines.get(dev, "norm", shaders::NORM, "rms_norm", &[], &norm_layout)?, None, vec![&x, an, &xn]));
-            push_matmul(dev, &mut pipelines, kernel, &mut steps, &xn, wqkv, &qkv, h, Epilogue::Store)?;
-            steps.push((Op::Rope, pipelines.get(dev, "rope", shaders::ROPE, "rope_kv", kv_define, &[Bind::Read, Bind::Read, Bind::Write, Bind::Write, Bind::Write, Bind::Uniform])?, None, vec![&qkv, &cos_sin, &q, kc, vc]));
+            steps.push(("attention_norm", Op::Norm, pipelines.get(dev, "norm", shaders::NORM, "rms_norm", &[], &norm_layout)?, None, vec![&x, an, &xn]));
+            push_matmul(dev, &mut pipelines, kernel, &mut steps, "wqkv", &xn, wqkv, &qkv, h, Epilogue::Store)?;
+            steps.push(("rope", Op::Rope, pipelines.get(dev, "rope", shaders::ROPE, "rope_kv", kv_define, &[Bind::Read, Bind::Read, Bind::Write, Bind::Write, Bind::Write, Bind::Uniform])?, None, vec![&qkv, &cos_sin, &q, kc, vc]));
             for (op, entry) in [(Op::Attend, "attend"), (Op::Combine, "combine")] {
-                steps.push((op, pipelines.get(dev, "attention", shaders::ATTENTION, entry, kv_define, &attn_layout)?, None, vec![&q, kc, vc, &part, &attn]));
+                steps.push((entry, op, pipelines.get(dev, "attention", shaders::ATTENTION, entry, kv_define, &attn_layout)?, None, vec![&q, kc, vc, &part, &attn]));
             }
-            push_matmul(dev, &mut pipelines, kernel, &mut steps, &attn, wo, &x, nh * hd, Epilogue::Add)?;
-            steps.push((Op::Norm, pipelines.get(dev, "norm", shaders::NORM, "rms_norm", &[], &norm_layout)?, None, vec![&x, fnorm, &xn]));
-            push_matmul(dev, &mut pipelines, kernel, &mut steps, &xn, w13, &act, h, Epilogue::Glu)?;
-            push_matmul(dev, &mut pipelines, kernel, &mut steps, &act, w2, &x, i, Epilogue::Add)?;
+            push_matmul(dev, &mut pipelines, kernel, &mut steps, "wo", &attn, wo, &x, nh * hd, Epilogue::Add)?;
+            steps.push(("ffn_norm", Op::Norm, pipelines.get(dev, "norm", shaders::NORM, "rms_norm", &[], &norm_layout)?, None, vec![&x, fnorm, &xn]));
+            push_matmul(dev, &mut pipelines, kernel, &mut steps, "w1+w3", &xn, w13, &act, h, Epilogue::Glu)?;
+            push_matmul(dev, &mut pipelines, kernel, &mut steps, "w2", &act, w2, &x, i, Epilogue::Add)?;
         }
         // The last rows of x are copied to x_last before these (see `step`).
         let head = steps.len();
-        steps.push((Op::Norm, pipelines.get(dev, "norm", shaders::NORM, "rms_norm", &[], &norm_layout)?, None, vec![&x_last, &final_norm, &xn]));
-        push_matmul(dev, &mut pipelines, kernel, &mut steps, &xn, &output, &logits, h, Epilogue::Store)?;
+        steps.push(("final_norm", Op::Norm, pipelines.get(dev, "norm", shaders::NORM, "rms_norm", &[], &norm_layout)?, None, vec![&x_last, &final_norm, &xn]));
+        push_matmul(dev, &mut pipelines, kernel, &mut steps, "output", &xn, &output, &logits, h, Epilogue::Store)?;
 
         // The sampling step is not in `steps`: it runs only when asked, in the last slot.
         let sample_pipeline = pipelines.get(dev, "sample", shaders::SAMPLE, "sample", &[], &[Bind::Read, Bind::Read, Bind::Write, Bind::Write, Bind::Uniform])?;
@@ -401,23 +407,28 @@ impl GpuModel {
             dev.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout, entries: &entries })
         };
         let sample = Step {
+            name: "sample",
             op: Op::Sample,
             bind: bind(&sample_pipeline.get_bind_group_layout(0), &[&logits, &recent, &sample_work, &chosen], steps.len()),
             pipeline: sample_pipeline,
             tiled: None,
         };
-        let steps = steps
+        let steps: Vec<Step> = steps
             .into_iter()
             .enumerate()
-            .map(|(s, (op, pipeline, tiled, buffers))| Step {
+            .map(|(s, (name, op, pipeline, tiled, buffers))| Step {
+                name,
                 op,
                 bind: bind(&pipeline.get_bind_group_layout(0), &buffers, s),
                 pipeline,
                 tiled,
             })
             .collect();
+        let profiler = Profiler::new(&gpu, steps.len() + 1);
         let model = GpuModel {
             rope: Rope::new(&config),
+            profiler,
+            profile: Profile::default(),
             gpu,
             config,
             chunk,
@@ -462,6 +473,12 @@ impl GpuModel {
     /// the previous one runs only the rest).
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
+    }
+
+    /// GPU time by dispatch of the latest prompt and decode steps; empty unless the device
+    /// was opened with timestamps ([`super::FeatureWish::timestamps`]).
+    pub fn profile(&self) -> &Profile {
+        &self.profile
     }
 
     /// Empties the KV cache (a new conversation).
@@ -512,6 +529,10 @@ impl GpuModel {
             let rows = if all_logits { chunk.len() } else { usize::from(last) };
             let draw = if last { draw } else { None };
             self.step(chunk, rows, draw);
+            if let Some(p) = &self.profiler {
+                let times = p.read(&self.gpu, chunk.len()).await?;
+                *(if chunk.len() > 1 { &mut self.profile.prefill } else { &mut self.profile.decode }) = Some(times);
+            }
             if rows > 0 && draw.is_none() {
                 out.extend(self.read_logits(rows * vocab).await?);
             }
@@ -583,6 +604,9 @@ impl GpuModel {
         q.write_buffer(&self.params, 0, &params);
 
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+        if let Some(p) = &mut self.profiler {
+            p.begin();
+        }
         for (s, step) in self.steps.iter().enumerate() {
             if s == last {
                 if rows == 0 {
@@ -610,13 +634,15 @@ impl GpuModel {
                 Op::Combine => [n, nh, 1],
                 Op::Sample => unreachable!("not in steps"),
             };
-            let mut pass = enc.begin_compute_pass(&Default::default());
+            let timestamp_writes = self.profiler.as_mut().and_then(|p| p.pass(step.name));
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
             pass.set_pipeline(pipeline);
             pass.set_bind_group(0, &step.bind, &[]);
             pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         }
         if draw.is_some() {
-            let mut pass = enc.begin_compute_pass(&Default::default());
+            let timestamp_writes = self.profiler.as_mut().and_then(|p| p.pass(self.sample.name));
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
             pass.set_pipeline(&self.sample.pipeline);
             pass.set_bind_group(0, &self.sample.bind, &[]);
             pass.dispatch_workgroups(1, 1, 1);
@@ -625,6 +651,9 @@ impl GpuModel {
         } else if rows > 0 {
             let bytes = (rows * c.vocab_size * 4) as u64;
             enc.copy_buffer_to_buffer(&self.logits, 0, &self.staging, 0, bytes);
+        }
+        if let Some(p) = &self.profiler {
+            p.finish(&mut enc);
         }
         q.submit([enc.finish()]);
     }
@@ -636,7 +665,7 @@ impl GpuModel {
 
 /// A dispatch to be: what it computes, its pipeline (and token-tiled pipeline), and its
 /// buffers in binding order (the parameter slot comes last).
-type StepSpec<'b> = (Op, wgpu::ComputePipeline, Option<wgpu::ComputePipeline>, Vec<&'b wgpu::Buffer>);
+type StepSpec<'b> = (&'static str, Op, wgpu::ComputePipeline, Option<wgpu::ComputePipeline>, Vec<&'b wgpu::Buffer>);
 
 /// Which matmul.wgsl variant the matrix products use.
 #[derive(Clone, Copy)]
@@ -666,6 +695,7 @@ fn push_matmul<'b>(
     pl: &mut Pipelines,
     kernel: MatmulKernel,
     steps: &mut Vec<StepSpec<'b>>,
+    name: &'static str,
     x: &'b wgpu::Buffer,
     w: &'b Weight,
     y: &'b wgpu::Buffer,
@@ -704,7 +734,7 @@ fn push_matmul<'b>(
     let outputs_per_lane = if glu { per_lane / 2 } else { per_lane };
     for c in &w.chunks {
         let op = Op::Matmul { row0: c.row0 as u32, rows: c.rows as u32, total: w.rows as u32, cols: cols as u32, per_lane: outputs_per_lane };
-        steps.push((op, pipeline.clone(), Some(tiled.clone()), vec![x, &c.data, &c.scales, y]));
+        steps.push((name, op, pipeline.clone(), Some(tiled.clone()), vec![x, &c.data, &c.scales, y]));
     }
     Ok(())
 }
