@@ -23,6 +23,10 @@
 // each gate row and its up row summed by the same lane (or workgroup), so x is read once for
 // both and the gate and up activations never go to memory (with ROW_PER_LANE it needs ROWS2:
 // a lane's row pairs are its output rows).
+// XQ8 (q4 weights, ROW_PER_LANE only): x arrives as 8-bit integers with a scale per 32
+// values (quantize.wgsl), and each 32-weight group is summed in integers with dot4I8Packed,
+// four products an instruction — on CPU drivers unpacking nibbles to floats is most of the
+// work. Numerics: those of llama.cpp's q4_0 × q8_0 products, not the f32 reference's.
 // (naga takes subgroup built-ins without `enable subgroups;` and rejects that directive; the
 // variant is only used natively, as wasm wgpu exposes no subgroups.)
 
@@ -37,7 +41,11 @@ struct Params {
     _pad2: u32,
 }
 
+#if XQ8
+@group(0) @binding(0) var<storage, read> xq: array<vec4<u32>>;     // [T, K/32, 3] (quantize.wgsl)
+#else
 @group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;      // [T, K]
+#endif
 @group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;      // packed [rows, K]
 @group(0) @binding(2) var<storage, read> scales: array<u32>;       // f16 pairs [rows, K/32] (Q4, Q8)
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;      // [T, total]
@@ -130,9 +138,12 @@ struct X8 {
     v4: vec4<f32>, v5: vec4<f32>, v6: vec4<f32>, v7: vec4<f32>,
 }
 
+#if XQ8
+#else
 fn load_x(k: u32) -> X8 {
     return X8(x[k], x[k + 1u], x[k + 2u], x[k + 3u], x[k + 4u], x[k + 5u], x[k + 6u], x[k + 7u]);
 }
+#endif
 
 // Σ over group `g` of row `row` of its 32 weights times xs (its 8 vec4s of x), unscaled,
 // with no private arrays: SwiftShader (Chromium's CPU WebGPU) keeps dynamically indexed
@@ -171,6 +182,23 @@ fn group_scale(row: u32, g: u32) -> f32 {
 #endif
 }
 
+#if XQ8
+// The integer Σ of a q4 group's nibbles (0–15; lo: the even weights of each word, hi: the
+// odd ones) times the quantized x block (xa, xb: see quantize.wgsl for the order).
+fn idot(lo: vec4<u32>, hi: vec4<u32>, xa: vec4<u32>, xb: vec4<u32>) -> i32 {
+    return dot4I8Packed(lo.x, xa.x) + dot4I8Packed(hi.x, xa.y) + dot4I8Packed(lo.y, xa.z) + dot4I8Packed(hi.y, xa.w)
+        + dot4I8Packed(lo.z, xb.x) + dot4I8Packed(hi.z, xb.y) + dot4I8Packed(lo.w, xb.z) + dot4I8Packed(hi.w, xb.w);
+}
+
+fn nibbles_lo(q: vec4<u32>) -> vec4<u32> {
+    return q & vec4<u32>(0x0F0F0F0Fu);
+}
+
+fn nibbles_hi(q: vec4<u32>) -> vec4<u32> {
+    return (q >> vec4<u32>(4u)) & vec4<u32>(0x0F0F0F0Fu);
+}
+
+#else
 // Σ over this lane's share of row `row` (32-weight groups lane, lane + stride, …) against
 // each token of the tile starting at t0.
 fn dot_groups(row: u32, t0: u32, lane: u32, stride: u32) -> array<f32, TILE> {
@@ -191,6 +219,7 @@ fn dot_groups(row: u32, t0: u32, lane: u32, stride: u32) -> array<f32, TILE> {
     }
     return acc;
 }
+#endif
 
 // SwiGLU's activation, as the reference computes it.
 fn silu(g: f32) -> f32 {
@@ -252,6 +281,73 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
 #endif
     let groups = p.cols / 32u;
     var acc: array<vec4<f32>, TILE>;
+#if XQ8
+#if TILE4 | TILE8
+    // Integer products: each row's group split into its nibble bytes once, used for every
+    // token of the tile; each token's block is (xa, xb, (d, Σq)).
+    for (var g = 0u; g < groups; g++) {
+        let q0 = w[rows.x * groups + g];
+        let lo0 = nibbles_lo(q0);
+        let hi0 = nibbles_hi(q0);
+        var d = vec4<f32>(scale(rows.x, g), 0.0, 0.0, 0.0);
+#if ROWS2
+        let q1 = w[rows.y * groups + g];
+        let lo1 = nibbles_lo(q1);
+        let hi1 = nibbles_hi(q1);
+        d.y = scale(rows.y, g);
+#endif
+#if ROWS4
+        let q2 = w[rows.z * groups + g];
+        let q3 = w[rows.w * groups + g];
+        let lo2 = nibbles_lo(q2);
+        let hi2 = nibbles_hi(q2);
+        let lo3 = nibbles_lo(q3);
+        let hi3 = nibbles_hi(q3);
+        d.z = scale(rows.z, g);
+        d.w = scale(rows.w, g);
+#endif
+        for (var j = 0u; j < TILE; j++) {
+            let at = (min(t0 + j, p.tokens - 1u) * groups + g) * 3u;
+            let xa = xq[at];
+            let xb = xq[at + 1u];
+            let ds = bitcast<vec2<f32>>(xq[at + 2u].xy);
+            let off = 8 * i32(ds.y);
+            var s = vec4<f32>(f32(idot(lo0, hi0, xa, xb) - off), 0.0, 0.0, 0.0);
+#if ROWS2
+            s.y = f32(idot(lo1, hi1, xa, xb) - off);
+#endif
+#if ROWS4
+            s.z = f32(idot(lo2, hi2, xa, xb) - off);
+            s.w = f32(idot(lo3, hi3, xa, xb) - off);
+#endif
+            acc[j] += s * d * ds.x;
+        }
+    }
+#else
+    // One token (decode), with constant indices only (see group_dot).
+    let x0 = min(t0, p.tokens - 1u) * groups;
+    for (var g = 0u; g < groups; g++) {
+        let at = (x0 + g) * 3u;
+        let xa = xq[at];
+        let xb = xq[at + 1u];
+        let ds = bitcast<vec2<f32>>(xq[at + 2u].xy);
+        let off = 8 * i32(ds.y);
+        let q0 = w[rows.x * groups + g];
+        var s = vec4<f32>(f32(idot(nibbles_lo(q0), nibbles_hi(q0), xa, xb) - off) * scale(rows.x, g), 0.0, 0.0, 0.0);
+#if ROWS2
+        let q1 = w[rows.y * groups + g];
+        s.y = f32(idot(nibbles_lo(q1), nibbles_hi(q1), xa, xb) - off) * scale(rows.y, g);
+#endif
+#if ROWS4
+        let q2 = w[rows.z * groups + g];
+        let q3 = w[rows.w * groups + g];
+        s.z = f32(idot(nibbles_lo(q2), nibbles_hi(q2), xa, xb) - off) * scale(rows.z, g);
+        s.w = f32(idot(nibbles_lo(q3), nibbles_hi(q3), xa, xb) - off) * scale(rows.w, g);
+#endif
+        acc[0] += s * ds.x;
+    }
+#endif
+#else
 #if TILE4 | TILE8
     // A tile of tokens (prefill): each row's group unpacked once, used for every token.
     let xb = token_bases(t0);
@@ -297,6 +393,7 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
 #endif
         acc[0] += s;
     }
+#endif
 #endif
     for (var r = 0u; r < OUTS; r++) {
         if (first + r * LANES < p.rows) {

@@ -151,6 +151,10 @@ pub fn kernels(gpu: &crate::gpu::Gpu, config: &crate::ModelConfig, prefill: usiz
         ("output", v, h, false),
     ];
     let mut schedules = vec!["ROW_PER_LANE", "ROW_PER_LANE+ROWS2", "ROW_PER_LANE+ROWS2+ROWS4", ""];
+    if gpu.packed_dot {
+        // The integer products on 8-bit activations.
+        schedules.push("ROW_PER_LANE+ROWS2+ROWS4+XQ8");
+    }
     if gpu.subgroups {
         schedules.push("SUBGROUPS");
     }
@@ -162,6 +166,7 @@ pub fn kernels(gpu: &crate::gpu::Gpu, config: &crate::ModelConfig, prefill: usiz
         let scales: Vec<u8> = (0..Quant::Q4.scale_bytes_per_row(cols) * w_rows / 2).flat_map(|_| half::f16::from_f32(0.01).to_le_bytes()).collect();
         for (tokens, tiles) in [(1usize, &[1u32][..]), (prefill, &[1, 4, 8][..])] {
             let x = vec![0.5f32; tokens * cols];
+            let xq = crate::quant::quantize_activations(&x);
             let y = vec![0f32; tokens * n_rows];
             // GLU pairs rows in a lane: at least 2 per lane.
             for &schedule in schedules.iter().filter(|s| !glu || **s != "ROW_PER_LANE") {
@@ -176,11 +181,12 @@ pub fn kernels(gpu: &crate::gpu::Gpu, config: &crate::ModelConfig, prefill: usiz
                     let per_lane = if schedule.contains("ROWS4") { 4 } else if schedule.contains("ROWS2") { 2 } else { 1 };
                     let outputs_per_lane = if glu { per_lane / 2 } else { per_lane };
                     let g = if schedule.starts_with("ROW_PER_LANE") { r.div_ceil(64 * outputs_per_lane) } else { r };
+                    let input: &[u8] = if schedule.contains("XQ8") { bytemuck::cast_slice(&xq) } else { bytemuck::cast_slice(&x) };
                     let launch = Launch {
                         source: shaders::MATMUL,
                         entry: "matmul",
                         defines: &defines,
-                        buffers: vec![Buf::In(bytemuck::cast_slice(&x)), Buf::In(&data), Buf::In(&scales), Buf::Out(bytemuck::cast_slice(&y))],
+                        buffers: vec![Buf::In(input), Buf::In(&data), Buf::In(&scales), Buf::Out(bytemuck::cast_slice(&y))],
                         params: [r, cols as u32, tokens as u32, r, 0, 0, 0, 0],
                         groups: [g.min(65535), g.div_ceil(65535), (tokens as u32).div_ceil(tile)],
                     };

@@ -234,6 +234,19 @@ mod cli {
         }
     }
 
+    /// What the q4 matrix products multiply the weights with.
+    #[derive(Clone, Copy, ValueEnum)]
+    enum ActivationsArg {
+        /// 8-bit on CPU adapters (lavapipe; in decode only on SwiftShader), f32 on GPUs.
+        Auto,
+        /// f32, as the reference.
+        F32,
+        /// 8-bit integers with a scale per 32 values (llama.cpp's q8_0).
+        Int8,
+        /// 8-bit in decode, f32 in prefill (what the browser does on SwiftShader).
+        Int8Decode,
+    }
+
     /// The engine `run` generates with.
     enum Engine<'a> {
         Cpu(CpuSession<'a>),
@@ -432,6 +445,9 @@ mod cli {
         /// Do not use subgroup operations even if the adapter has them.
         #[arg(long)]
         no_subgroups: bool,
+        /// Activations of the q4 matrix products.
+        #[arg(long, value_enum, default_value_t = ActivationsArg::Auto)]
+        activations: ActivationsArg,
         /// Time every dispatch with timestamp queries (`bench --profile`).
         #[arg(skip)]
         timestamps: bool,
@@ -861,7 +877,14 @@ mod cli {
         let dir = ModelDir::open(dir, false)?;
         let gpu = args.open()?;
         let context = context(&dir.config);
-        let options = puyu::gpu::model::GpuOptions { context, ..Default::default() };
+        use puyu::gpu::model::Activations;
+        let activations = match args.activations {
+            ActivationsArg::Auto => Activations::Auto,
+            ActivationsArg::F32 => Activations::F32,
+            ActivationsArg::Int8 => Activations::Int8,
+            ActivationsArg::Int8Decode => Activations::Int8Decode,
+        };
+        let options = puyu::gpu::model::GpuOptions { context, activations, ..Default::default() };
         let total: u64 = dir.manifest.shards.iter().map(|s| s.size).sum();
         let bar = indicatif::ProgressBar::new(total).with_style(
             indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")?.progress_chars("=> "),

@@ -177,6 +177,51 @@ fn q8_group(x: &[f32]) -> (f16, [i8; GROUP]) {
     (f16::from_f32(d), q)
 }
 
+/// Activations as the integer q4 products take them (shaders/quantize.wgsl, whose CPU twin
+/// this is, byte for byte): per 32 values with m = max|x|, d = m · f32(1/127) and
+/// q = round(x · 127 / m) (ties to even; in f64, where x · 127 is exact and the quotient is
+/// never rounded onto or off a tie, so it is the exact rounding the shader computes in
+/// integers); a block whose m is zero or subnormal is all zeros. Packed as 3 × 4 words: for
+/// values 8j … 8j+7, word 2j holds the even ones and word 2j+1 the odd ones, a byte each
+/// (the order `w & 0x0F0F0F0F` and `(w >> 4) & 0x0F0F0F0F` put a q4 word's nibbles in), then
+/// d and Σq as f32 bits, then two zero words. `x.len()` a multiple of 32.
+pub fn quantize_activations(x: &[f32]) -> Vec<u32> {
+    let mut out = Vec::with_capacity(x.len() / GROUP * 12);
+    for block in x.chunks_exact(GROUP) {
+        let m = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let normal = m.is_normal();
+        let level = |v: f32| if normal && v.is_normal() { (v as f64 * 127.0 / m as f64).round_ties_even() as i32 } else { 0 };
+        let q: Vec<i32> = block.iter().map(|&v| level(v)).collect();
+        let pack = |idx: [usize; 4]| idx.iter().enumerate().fold(0u32, |w, (k, &i)| w | ((q[i] as u32 & 0xff) << (8 * k)));
+        for j in 0..4 {
+            let b = 8 * j;
+            out.push(pack([b, b + 2, b + 4, b + 6]));
+            out.push(pack([b + 1, b + 3, b + 5, b + 7]));
+        }
+        let d = if normal { m * (1.0 / 127.0) } else { 0.0 };
+        out.extend([d.to_bits(), (q.iter().sum::<i32>() as f32).to_bits(), 0, 0]);
+    }
+    out
+}
+
+/// The values `quantize_activations` stands for: d · q.
+pub fn dequantize_activations(packed: &[u32]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(packed.len() / 12 * GROUP);
+    for block in packed.chunks_exact(12) {
+        let d = f32::from_bits(block[8]);
+        let mut v = [0f32; GROUP];
+        for j in 0..4 {
+            for k in 0..4 {
+                let byte = |w: u32| ((w >> (8 * k)) & 0xff) as u8 as i8 as f32 * d;
+                v[8 * j + 2 * k] = byte(block[2 * j]);
+                v[8 * j + 2 * k + 1] = byte(block[2 * j + 1]);
+            }
+        }
+        out.extend(v);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +236,33 @@ mod tests {
         assert_eq!(data.len(), x.len() / cols * q.data_bytes_per_row(cols));
         assert_eq!(scales.len(), x.len() / cols * q.scale_bytes_per_row(cols));
         q.dequantize(&data, &scales)
+    }
+
+    #[test]
+    fn activations_round_trip_within_half_a_step() {
+        let x: Vec<f32> = row(96, 7).iter().map(|v| v * 3.0).chain([0.0; 32]).collect();
+        let packed = quantize_activations(&x);
+        assert_eq!(packed.len(), 4 * 12);
+        let back = dequantize_activations(&packed);
+        for (b, (xs, ys)) in x.chunks(32).zip(back.chunks(32)).enumerate() {
+            let d = f32::from_bits(packed[12 * b + 8]);
+            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert_eq!(d, amax * (1.0 / 127.0));
+            for (a, y) in xs.iter().zip(ys) {
+                assert!((a - y).abs() <= d / 2.0 * 1.0001, "block {b}: {a} vs {y} (d {d})");
+            }
+            // Σq as stored, and the block of largest magnitude value hits ±127.
+            let sum: f32 = ys.iter().map(|y| if d > 0.0 { (y / d).round() } else { 0.0 }).sum();
+            assert_eq!(f32::from_bits(packed[12 * b + 9]), sum);
+            assert_eq!(ys.iter().fold(0f32, |m, v| m.max(v.abs())), 127.0 * d);
+        }
+        // The byte order of one word: values 0, 2, 4, 6 of the block (here 1, −2, 3, −4 steps).
+        let mut x = [0f32; 32];
+        x[..8].copy_from_slice(&[127.0, 9.0, -2.0, 9.0, 3.0, 9.0, -4.0, 9.0]);
+        assert_eq!(quantize_activations(&x)[0], 0xfc03fe7f);
+        // Ties round to even: with m = 127 a value is its own level.
+        x[..8].copy_from_slice(&[127.0, 0.0, 2.5, 0.0, 3.5, 0.0, -2.5, 0.0]);
+        assert_eq!(quantize_activations(&x)[0], 0xfe04027f);
     }
 
     #[test]

@@ -125,6 +125,94 @@ fn matmul_all_variants_and_shapes() {
     }
 }
 
+/// The 8-bit activation path: quantize.wgsl against its CPU twin (byte for byte: both round
+/// exactly, ties included), and the integer q4
+/// products (XQ8, lane per row, every epilogue, tile and rows per lane) on the same 8-bit
+/// input against the reference product of the values it stands for (NMSE ≤ 1e-10: the
+/// integer sums are exact, only the f32 scaling differs). Against the f32 product the
+/// quantization error shows: each value is off by up to half a step of max|x|/127, an NMSE
+/// near 2e-5 for uniform values, 1.2e-4 with the hand-made block of ties below (most of its
+/// values sit far under its maximum); 1e-3 bounds it.
+#[test]
+fn int8_activations_quantize_and_multiply() {
+    use puyu::quant::{dequantize_activations, quantize_activations};
+    let g = gpu(FeatureWish::PORTABLE);
+    assert!(g.packed_dot, "this device's WGSL has no dot4I8Packed");
+    for &(rows, cols, tokens) in &[(1, 32, 1), (67, 96, 5), (130, 256, 9), (200, 64, 17)] {
+        // Values of several magnitudes, and an all-zero block in the first token.
+        let mut x: Vec<f32> = values(tokens * cols, 7).iter().enumerate().map(|(i, v)| v * (1 + i % 5) as f32).collect();
+        x[..32].fill(0.0);
+        if tokens > 1 {
+            // Exact ties (m = 127: each value is its own level), a subnormal and a value
+            // under m / 256.
+            x[cols..cols + 8].copy_from_slice(&[127.0, 2.5, 3.5, -2.5, -0.5, 1e-40, 0.4, -126.5]);
+        }
+        let want = quantize_activations(&x);
+        let out = run(&g, Launch {
+            source: shaders::QUANTIZE,
+            entry: "quantize",
+            defines: &[],
+            buffers: vec![Buf::In(bytes(&x)), Buf::Out(bytemuck::cast_slice(&vec![0u32; want.len()]))],
+            params: [cols as u32, tokens as u32, 0, 0, 0, 0, 0, 0],
+            groups: [(cols as u32 / 32).div_ceil(64), tokens as u32, 1],
+        });
+        let got: &[u32] = bytemuck::cast_slice(&out[0]);
+        for (b, (gb, wb)) in got.chunks(12).zip(want.chunks(12)).enumerate() {
+            assert_eq!(gb, wb, "{tokens}x{cols}: block {b}");
+        }
+
+        // The products, on the CPU's 8-bit x.
+        let (mut data, mut scales, mut wq) = (Vec::new(), Vec::new(), Vec::new());
+        for seed in [1, 100] {
+            let (mut d, mut sc) = (Vec::new(), Vec::new());
+            Quant::Q4.quantize(&values(rows * cols, seed + rows as u64), cols, &mut d, &mut sc);
+            wq.push(Quant::Q4.dequantize(&d, &sc));
+            data.push(d);
+            scales.push(sc);
+        }
+        data.push(data.concat());
+        scales.push(scales.concat());
+        let xhat = dequantize_activations(&want);
+        let y0 = values(tokens * rows, 9);
+        let (plain, up) = (reference::matmul(&xhat, &wq[0], cols), reference::matmul(&xhat, &wq[1], cols));
+        let exact = reference::matmul(&x, &wq[0], cols);
+        for epilogue in ["", "ADD", "GLU"] {
+            let (w, sc, want): (&[u8], &[u8], Vec<f32>) = match epilogue {
+                "ADD" => (&data[0], &scales[0], plain.iter().zip(&y0).map(|(a, b)| a + b).collect()),
+                "GLU" => (&data[2], &scales[2], plain.iter().zip(&up).map(|(g, u)| reference::silu(*g) * u).collect()),
+                _ => (&data[0], &scales[0], plain.clone()),
+            };
+            for tile in ["", "TILE4", "TILE8"] {
+                for per_lane in [1u32, 2, 4] {
+                    if epilogue == "GLU" && per_lane == 1 {
+                        continue;
+                    }
+                    let mut defines = vec!["Q4", "XQ8", "ROW_PER_LANE"];
+                    defines.extend([epilogue, tile].into_iter().filter(|d| !d.is_empty()));
+                    defines.extend(&["ROWS2", "ROWS4"][..per_lane.ilog2() as usize]);
+                    let t = match tile { "TILE4" => 4, "TILE8" => 8, _ => 1 };
+                    let outputs_per_lane = if epilogue == "GLU" { per_lane / 2 } else { per_lane };
+                    let out = run(&g, Launch {
+                        source: shaders::MATMUL,
+                        entry: "matmul",
+                        defines: &defines,
+                        buffers: vec![Buf::In(bytemuck::cast_slice(&quantize_activations(&x))), Buf::In(w), Buf::In(sc), Buf::Out(bytes(&y0))],
+                        params: [rows as u32, cols as u32, tokens as u32, rows as u32, 0, 0, 0, 0],
+                        groups: [(rows as u32).div_ceil(64 * outputs_per_lane), 1, (tokens as u32).div_ceil(t)],
+                    });
+                    let got = floats(&out[0], tokens * rows);
+                    let e = nmse(&got, &want);
+                    assert!(e <= TOL, "matmul {defines:?} {rows}x{cols} T={tokens}: NMSE {e:.2e}");
+                    if epilogue.is_empty() {
+                        let e = nmse(&got, &exact);
+                        assert!(e <= 1e-3, "matmul {defines:?} {rows}x{cols} T={tokens} against f32 x: NMSE {e:.2e}");
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A block of rows of a bigger matrix (the split-buffer path): only its rows of y change.
 #[test]
 fn matmul_row_block_writes_its_rows() {

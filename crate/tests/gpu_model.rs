@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 
 use puyu::convert::{convert, ConvertOptions};
-use puyu::gpu::model::{GpuModel, GpuOptions, Schedule};
+use puyu::gpu::model::{Activations, GpuModel, GpuOptions, Schedule};
 use puyu::gpu::FeatureWish;
 use puyu::model_dir::ModelDir;
 use puyu::quant::Quant;
@@ -26,9 +26,10 @@ fn gpu_model_with(dir: &ModelDir, options: GpuOptions, wish: FeatureWish) -> Gpu
     GpuModel::new(gpu, dir.config.clone(), &dir.manifest, |b| dir.blob(b), &options).unwrap()
 }
 
-/// All logits of a chunk in one go (so these tests run prefill chunks of `chunk` tokens).
+/// All logits of a chunk in one go (so these tests run prefill chunks of `chunk` tokens), on
+/// f32 activations (the reference's arithmetic; 8-bit ones have their own test).
 fn sized(context: usize, chunk: usize) -> GpuOptions {
-    GpuOptions { context, chunk, logit_rows: chunk, ..Default::default() }
+    GpuOptions { context, chunk, logit_rows: chunk, activations: Activations::F32, ..Default::default() }
 }
 
 fn folder(spec: TinySpec, quant: Quant, root: &Path) -> ModelDir {
@@ -84,6 +85,65 @@ fn check_with(spec: TinySpec, quant: Quant, options: GpuOptions, wish: FeatureWi
         assert!(nmse(&g_logits, &c_logits) <= 1e-5);
         c_logits = cpu.forward(&mut session, &[c]).unwrap();
         g_logits = pollster::block_on(gpu.forward(&[g], false)).unwrap();
+    }
+}
+
+/// The q4 products on 8-bit activations (the default on CPU adapters) against the f32
+/// reference, teacher-forced with the reference's greedy tokens for 32 steps. Each product's
+/// input is rounded to steps of 1/127 of its 32-value block's largest magnitude, which moves
+/// the tiny random models' logits by an NMSE of ~1e-4 at the first position and up to 2.2e-3
+/// further on (the error compounds through the layers; lavapipe); the bound is 5e-3. The greedy pick
+/// must agree wherever the reference's top-2 margin exceeds 4 times the RMS error of a
+/// difference of two logits at that position (closer calls may flip, as with llama.cpp's
+/// q8_0 products: a margin of 2.7% of the logits' spread did here).
+#[test]
+fn int8_activations_track_the_reference() {
+    for spec in [TINY, TINY_NTK] {
+        let root = tempfile::tempdir().unwrap();
+        let dir = folder(spec, Quant::Q4, root.path());
+        let cpu = puyu::reference::Model::load(dir.config.clone(), &dir).unwrap();
+        let vocab = dir.config.vocab_size;
+        let (_, prompt) = common::Golden::load(spec.name).ids("prompt_ids");
+        // 8-bit everywhere, and in untiled products only (prefill's tiled products on f32;
+        // with tiles of 1, prefill is untiled and 8-bit too).
+        let cases = [(FeatureWish::default(), Activations::Int8, 8), (FeatureWish::PORTABLE, Activations::Int8, 4), (FeatureWish::PORTABLE, Activations::Int8Decode, 8), (FeatureWish::PORTABLE, Activations::Int8Decode, 1)];
+        for (wish, activations, prefill_tile) in cases {
+            let mut gpu = gpu_model_with(&dir, GpuOptions { activations, prefill_tile, matmul: Schedule::RowPerLane, ..sized(256, 64) }, wish);
+            assert!(gpu.activations == activations && gpu.describe().contains("8-bit activations"));
+            let compare = |got: &[f32], want: &[f32], at: &str, bound: f64| {
+                let e = nmse(got, want);
+                assert!(e <= bound, "{} {activations:?} {at}: NMSE {e:.2e}", spec.name);
+                let (c, g) = (puyu::reference::argmax(want), puyu::reference::argmax(got));
+                let mut sorted = want.to_vec();
+                sorted.sort_by(|a, b| b.total_cmp(a));
+                let mse = got.iter().zip(want).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>() / want.len() as f64;
+                let margin = (sorted[0] - sorted[1]) as f64;
+                if margin > 4.0 * (2.0 * mse).sqrt() {
+                    assert_eq!(g, c, "{} {at}: margin {margin}, RMS error {}", spec.name, mse.sqrt());
+                }
+                e
+            };
+            let want = cpu.forward(&mut cpu.new_session(), &prompt).unwrap();
+            let got = pollster::block_on(gpu.forward(&prompt, true)).unwrap();
+            let mut worst = 0f64;
+            for pos in 0..prompt.len() {
+                let r = pos * vocab..(pos + 1) * vocab;
+                // Int8Decode prefills in tiles on f32: the f32 path's bound.
+                let bound = if activations == Activations::Int8Decode && prefill_tile > 1 { 1e-5 } else { 5e-3 };
+                worst = worst.max(compare(&got[r.clone()], &want[r], &format!("position {pos}"), bound));
+            }
+            gpu.reset();
+            let mut session = cpu.new_session();
+            let mut c_logits = cpu.forward(&mut session, &prompt).unwrap()[(prompt.len() - 1) * vocab..].to_vec();
+            let mut g_logits = pollster::block_on(gpu.forward(&prompt, false)).unwrap();
+            for step in 0..32 {
+                worst = worst.max(compare(&g_logits, &c_logits, &format!("step {step}"), 5e-3));
+                let c = puyu::reference::argmax(&c_logits);
+                c_logits = cpu.forward(&mut session, &[c]).unwrap();
+                g_logits = pollster::block_on(gpu.forward(&[c], false)).unwrap();
+            }
+            eprintln!("{} {activations:?}, tiles of {prefill_tile} ({wish:?}): worst NMSE {worst:.2e}", spec.name);
+        }
     }
 }
 

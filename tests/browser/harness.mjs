@@ -1,6 +1,7 @@
 // What the browser tests share: a server, Debian's Chromium with WebGPU (SwiftShader: no
 // shader-f16, so the f32 path), and the native CLI's greedy ids for the same chat prompt,
-// forced onto the same f32 path (--no-f16 --no-subgroups) on lavapipe.
+// forced onto the same path (--no-f16 --no-subgroups, 8-bit activations in decode only) on
+// lavapipe.
 
 import { chromium } from "playwright-core";
 import { spawnSync } from "node:child_process";
@@ -41,12 +42,12 @@ export async function browser({ webgpu = true, args = [] } = {}) {
 
 export { serve };
 
-/** `puyu run --chat` greedy ids on lavapipe's f32 path, stop id included. */
+/** `puyu run --chat` greedy ids on lavapipe, on the path SwiftShader takes, stop id included. */
 export function nativeIds(prompt, maxTokens) {
   if (!fs.existsSync(path.join(TINY, "manifest.json"))) throw new Error("no www/models/tiny-q4: run `bash tools/web.sh build` first");
   const bin = path.join(ROOT, "target/debug/puyu");
   const out = spawnSync(bin, ["run", "--model", TINY, "--chat", "--prompt", prompt, "--temperature", "0",
-    "--max-tokens", String(maxTokens), "--no-f16", "--no-subgroups", "--show-ids"], {
+    "--max-tokens", String(maxTokens), "--no-f16", "--no-subgroups", "--activations", "int8-decode", "--show-ids"], {
     encoding: "utf8",
     env: { ...process.env, WGPU_VALIDATION: "0" },
   });

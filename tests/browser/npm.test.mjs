@@ -109,10 +109,12 @@ test("kernels: other matrix-product variants give the native ids; profile times 
     const { createEngine } = window.puyu;
     const ids = [];
     const profiles = [];
+    const activations = [];
     for (const kernels of [{ rowsPerLane: 1, prefillTile: 1 }, { schedule: "lane", rowsPerLane: 2, prefillTile: 4, profile: true }]) {
       const engine = await createEngine({ model: "models/tiny-q4/", kernels });
       ids.push((await engine.chat.completions.create({ messages, max_tokens: 12, temperature: 0 })).puyu.token_ids);
       profiles.push(engine.info().profile);
+      activations.push(engine.info().activations);
       await engine.unload();
     }
     let bad = null;
@@ -121,7 +123,7 @@ test("kernels: other matrix-product variants give the native ids; profile times 
     } catch (e) {
       bad = { name: e.name, message: e.message };
     }
-    return { ids, bad, profiles };
+    return { ids, bad, profiles, activations };
   }, messages);
   for (const ids of out.ids) assert.deepEqual(ids, want);
   // Timestamps only when asked; then the prompt step and the last decode step, by dispatch
@@ -131,9 +133,14 @@ test("kernels: other matrix-product variants give the native ids; profile times 
   const { prefill, decode } = out.profiles[1];
   assert.equal(decode.tokens, 1);
   assert.ok(prefill.tokens > 1, JSON.stringify(prefill));
+  // SwiftShader is a CPU adapter: the q4 products take 8-bit activations where they are not
+  // token-tiled, quantized first: in decode all 9 (4 a layer and the output), in prefill the
+  // output's (it runs on the last row only); prefill's tiled products read f32.
+  assert.deepEqual(out.activations, ["int8-decode", "int8-decode"]);
   for (const step of [prefill, decode]) {
-    assert.deepEqual(step.rows.map((r) => r.name), ["embed", "attention_norm", "wqkv", "rope", "attend", "combine", "wo",
-      "ffn_norm", "w1+w3", "w2", "final_norm", "output", "sample"]);
+    assert.deepEqual(step.rows.map((r) => r.name).filter((n) => n !== "quantize"), ["embed", "attention_norm", "wqkv", "rope", "attend",
+      "combine", "wo", "ffn_norm", "w1+w3", "w2", "final_norm", "output", "sample"]);
+    assert.equal(step.rows.find((r) => r.name === "quantize").dispatches, step === decode ? 9 : 1);
     assert.equal(step.rows.find((r) => r.name === "w2").dispatches, 2);
     assert.ok(step.rows.every((r) => r.ms >= 0) && step.wall_ms > 0, JSON.stringify(step));
   }

@@ -17,7 +17,7 @@ use std::rc::Rc;
 
 use puyu::chat::{self, Message, Role, Template};
 use puyu::generate::{generate, FinishReason, GenerateOptions};
-use puyu::gpu::model::{GpuModel, GpuOptions, Schedule};
+use puyu::gpu::model::{Activations, GpuModel, GpuOptions, Schedule};
 use puyu::gpu::weights::WeightWriter;
 use puyu::gpu::{FeatureWish, Gpu};
 use puyu::model_dir::{Manifest, ShardStream};
@@ -102,8 +102,17 @@ fn kernel_options(mut o: GpuOptions, kernels: Option<&Value>) -> Result<(GpuOpti
             }
             "rowsPerLane" => o.rows_per_lane = n().filter(|n| [1, 2, 4].contains(n)).ok_or_else(|| invalid(format!("kernels.rowsPerLane must be 1, 2 or 4, got {v}")))?,
             "prefillTile" => o.prefill_tile = n().filter(|n| [1, 4, 8].contains(n)).ok_or_else(|| invalid(format!("kernels.prefillTile must be 1, 4 or 8, got {v}")))?,
+            "activations" => {
+                o.activations = match v.as_str() {
+                    Some("auto") => Activations::Auto,
+                    Some("f32") => Activations::F32,
+                    Some("int8") => Activations::Int8,
+                    Some("int8-decode") => Activations::Int8Decode,
+                    _ => return Err(invalid(format!("kernels.activations must be \"auto\", \"f32\", \"int8\" or \"int8-decode\", got {v}"))),
+                }
+            }
             "profile" => profile = v.as_bool().ok_or_else(|| invalid(format!("kernels.profile must be true or false, got {v}")))?,
-            _ => return Err(invalid(format!("unknown kernels option {key} (known: schedule, rowsPerLane, prefillTile, profile)"))),
+            _ => return Err(invalid(format!("unknown kernels option {key} (known: schedule, rowsPerLane, prefillTile, activations, profile)"))),
         }
     }
     Ok((o, profile))
@@ -124,8 +133,9 @@ pub struct Loader {
 impl Loader {
     /// Opens the GPU and prepares the model. `options_json`: `{"context": tokens,
     /// "f16": bool, "kernels": {"schedule": "auto" | "lane" | "workgroup", "rowsPerLane":
-    /// 1 | 2 | 4, "prefillTile": 1 | 4 | 8, "profile": bool}}` (all optional; `kernels` is
-    /// for benchmarks: `profile` times every dispatch, see `info().profile`).
+    /// 1 | 2 | 4, "prefillTile": 1 | 4 | 8, "activations": "auto" | "f32" | "int8" |
+    /// "int8-decode", "profile": bool}}` (all optional; `kernels` is for benchmarks: `profile` times every dispatch, see
+    /// `info().profile`).
     pub async fn create(config_json: String, manifest_json: String, tokenizer_json: Vec<u8>, options_json: String) -> Result<Loader, JsValue> {
         let options: Value = serde_json::from_str(&options_json).map_err(|e| invalid(format!("options: {e}")))?;
         let config = ModelConfig::from_json_str(&config_json).map_err(err)?;
@@ -250,6 +260,7 @@ impl Engine {
             "backend": format!("{:?}", m.adapter_info().backend),
             "description": m.describe(),
             "f16": m.gpu().f16,
+            "activations": m.activations,
             "context": m.context,
             "memory": m.memory,
             "layers": c.num_layers,

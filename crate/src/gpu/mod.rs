@@ -21,6 +21,7 @@ pub mod shaders {
     pub const EMBED: &str = include_str!("../../../shaders/embed.wgsl");
     pub const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
     pub const NORM: &str = include_str!("../../../shaders/norm.wgsl");
+    pub const QUANTIZE: &str = include_str!("../../../shaders/quantize.wgsl");
     pub const ROPE: &str = include_str!("../../../shaders/rope.wgsl");
     pub const SAMPLE: &str = include_str!("../../../shaders/sample.wgsl");
 
@@ -29,6 +30,7 @@ pub mod shaders {
         let mut v: Vec<(&'static str, &'static str, Vec<&'static str>)> = vec![
             ("elementwise.wgsl", ELEMENTWISE, vec![]),
             ("norm.wgsl", NORM, vec![]),
+            ("quantize.wgsl", QUANTIZE, vec![]),
             ("sample.wgsl", SAMPLE, vec![]),
         ];
         for kv in [None, Some("KV_F16")] {
@@ -54,6 +56,19 @@ pub mod shaders {
                 for schedule in [&["ROW_PER_LANE", "ROWS2"][..], &["ROW_PER_LANE", "ROWS2", "ROWS4"], &[], &["SUBGROUPS"]] {
                     let mut defs: Vec<&'static str> = [Some(quant), tile, Some("GLU")].into_iter().flatten().collect();
                     defs.extend(schedule);
+                    v.push(("matmul.wgsl", MATMUL, defs));
+                }
+            }
+        }
+        // Integer products on 8-bit activations: q4, lane per row only.
+        for epilogue in [None, Some("ADD"), Some("GLU")] {
+            for tile in [None, Some("TILE4"), Some("TILE8")] {
+                for rows in [&[][..], &["ROWS2"], &["ROWS2", "ROWS4"]] {
+                    if epilogue == Some("GLU") && rows.is_empty() {
+                        continue;
+                    }
+                    let mut defs: Vec<&'static str> = [Some("Q4"), Some("XQ8"), Some("ROW_PER_LANE"), epilogue, tile].into_iter().flatten().collect();
+                    defs.extend(rows);
                     v.push(("matmul.wgsl", MATMUL, defs));
                 }
             }
@@ -96,6 +111,8 @@ pub struct Gpu {
     pub subgroups: bool,
     /// timestamp-query was requested and granted.
     pub timestamps: bool,
+    /// WGSL's dot4I8Packed (the packed_4x8_integer_dot_product language feature) compiles.
+    pub packed_dot: bool,
     /// Set (with the reason) when the device is lost; every later step fails with
     /// [`Error::DeviceLost`].
     lost: std::sync::Arc<std::sync::Mutex<Option<String>>>,
@@ -164,6 +181,7 @@ impl Gpu {
             f16,
             subgroups,
             timestamps,
+            packed_dot: instance.wgsl_language_features().contains(wgpu::WgslLanguageFeatures::Packed4x8IntegerDotProduct),
             lost,
         })
     }

@@ -38,6 +38,9 @@ enum Op {
     /// Rows [row0, row0 + rows) of a matrix with `total` rows (one buffer of it).
     /// `per_lane`: output rows per lane in the lane-per-row schedule, 0 in the workgroup one.
     Matmul { row0: u32, rows: u32, total: u32, cols: u32, per_lane: u32 },
+    /// Rows of `cols` activations to 8-bit integers for the integer q4 products (quantize.wgsl);
+    /// `single`: only in steps whose products are not token-tiled (the tiled ones read f32 x).
+    Quantize { cols: u32, single: bool },
     Rope,
     /// Attention over one KV split per workgroup (see attention.wgsl), then the splits merged.
     Attend,
@@ -47,13 +50,14 @@ enum Op {
 }
 
 /// One dispatch; its parameters live in the params slot of its index. Matrix products also
-/// have a token-tiled pipeline for steps of several tokens (prefill).
+/// have a token-tiled pipeline for steps of several tokens (prefill), with its own bind group
+/// when it reads another input (f32 x where one-token steps read 8-bit x).
 struct Step {
     /// What the profile calls it ("wqkv", "attend", …).
     name: &'static str,
     op: Op,
     pipeline: wgpu::ComputePipeline,
-    tiled: Option<wgpu::ComputePipeline>,
+    tiled: Option<(wgpu::ComputePipeline, Option<wgpu::BindGroup>)>,
     bind: wgpu::BindGroup,
 }
 
@@ -95,6 +99,25 @@ pub enum Schedule {
     Workgroup,
 }
 
+/// What the q4 matrix products multiply the weights with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Activations {
+    /// On CPU adapters (where unpacking weights to floats is most of the work), when the
+    /// lane-per-row schedule runs and dot4I8Packed compiles: 8-bit natively (lavapipe), 8-bit
+    /// in decode only in the browser (SwiftShader). f32 elsewhere.
+    #[default]
+    Auto,
+    /// f32, as the reference computes.
+    F32,
+    /// 8-bit integers with a scale per 32 values (llama.cpp's q8_0), summed in integers.
+    Int8,
+    /// 8-bit in one-token steps (decode), f32 in the tiled products of prefill: where the
+    /// packed integer dot product is emulated (Chromium's SwiftShader) float tiles, which
+    /// unpack each weight once for 8 tokens, are faster.
+    Int8Decode,
+}
+
 /// Sizes and choices for [`GpuModel::new`].
 #[derive(Clone, Debug)]
 pub struct GpuOptions {
@@ -114,11 +137,12 @@ pub struct GpuOptions {
     pub prefill_tile: u32,
     /// Rows each lane computes in the lane-per-row schedule: 1, 2 or 4.
     pub rows_per_lane: u32,
+    pub activations: Activations,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { context: 4096, chunk: 128, logit_rows: 8, weight_binding_limit: None, matmul: Schedule::Auto, prefill_tile: 8, rows_per_lane: 4 }
+        GpuOptions { context: 4096, chunk: 128, logit_rows: 8, weight_binding_limit: None, matmul: Schedule::Auto, prefill_tile: 8, rows_per_lane: 4, activations: Activations::Auto }
     }
 }
 
@@ -163,6 +187,8 @@ pub struct GpuModel {
     /// Rows of the attention partials buffer (tokens × splits).
     part_rows: usize,
     prefill_tile: u32,
+    /// What the q4 products multiply with (never `Auto`: the choice made for the adapter).
+    pub activations: Activations,
     pub memory: Memory,
     /// Tokens in the cache.
     pub len: usize,
@@ -206,6 +232,17 @@ impl GpuModel {
             Schedule::RowPerLane => true,
             Schedule::Workgroup => false,
         };
+        let cpu = gpu.adapter_info.device_type == wgpu::DeviceType::Cpu;
+        let activations = match options.activations {
+            Activations::Auto if !(cpu && row_per_lane && gpu.packed_dot) => Activations::F32,
+            Activations::Auto if gpu.adapter_info.backend == wgpu::Backend::BrowserWebGpu => Activations::Int8Decode,
+            Activations::Auto => Activations::Int8,
+            Activations::F32 => Activations::F32,
+            _ if !row_per_lane => return Err(Error::Gpu("8-bit activations need the lane-per-row schedule".into())),
+            _ if !gpu.packed_dot => return Err(Error::Gpu("8-bit activations need WGSL's dot4I8Packed, which this device lacks".into())),
+            a => a,
+        };
+        let int8 = activations != Activations::F32;
         let c = &config;
         let (h, i, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
@@ -308,7 +345,7 @@ impl GpuModel {
 
         let mut pipelines = Pipelines::default();
         let per_lane = if row_per_lane { options.rows_per_lane } else { 0 };
-        let kernel = MatmulKernel { per_lane, subgroups: gpu.subgroups, tile: prefill_tile };
+        let kernel = MatmulKernel { per_lane, subgroups: gpu.subgroups, tile: prefill_tile, int8_single: int8, int8_tiles: activations == Activations::Int8 };
         let mut steps: Vec<StepSpec> = Vec::new();
         // Built first so the borrows below can refer to them.
         let embedding = weight("model.tok_embeddings.weight")?;
@@ -341,6 +378,8 @@ impl GpuModel {
         let attn = storage("attn", (chunk * nh * hd) as u64 * f);
         let part = storage("attention partials", (part_rows * nh * (hd + 2)) as u64 * f);
         let act = storage("act", (chunk * i) as u64 * f);
+        // The input of the q4 products as 8-bit integers: 48 bytes per 32 values.
+        let xq = storage("activations q8", if int8 { (chunk * h.max(nh * hd).max(i) / 32 * 48) as u64 } else { 4 });
         let x_last = storage("x_last", (logit_rows * h) as u64 * f);
         let logits = storage("logits", (logit_rows * v) as u64 * f);
         let staging = dev.create_buffer(&wgpu::BufferDescriptor {
@@ -360,20 +399,20 @@ impl GpuModel {
         }
         for (an, wqkv, wo, fnorm, w13, w2, kc, vc) in &layers {
             steps.push(("attention_norm", Op::Norm, pipelines.get(dev, "norm", shaders::NORM, "rms_norm", &[], &norm_layout)?, None, vec![&x, an, &xn]));
-            push_matmul(dev, &mut pipelines, kernel, &mut steps, "wqkv", &xn, wqkv, &qkv, h, Epilogue::Store)?;
+            push_matmul(dev, &mut pipelines, kernel, &mut steps, "wqkv", (&xn, &xq), wqkv, &qkv, h, Epilogue::Store)?;
             steps.push(("rope", Op::Rope, pipelines.get(dev, "rope", shaders::ROPE, "rope_kv", kv_define, &[Bind::Read, Bind::Read, Bind::Write, Bind::Write, Bind::Write, Bind::Uniform])?, None, vec![&qkv, &cos_sin, &q, kc, vc]));
             for (op, entry) in [(Op::Attend, "attend"), (Op::Combine, "combine")] {
                 steps.push((entry, op, pipelines.get(dev, "attention", shaders::ATTENTION, entry, kv_define, &attn_layout)?, None, vec![&q, kc, vc, &part, &attn]));
             }
-            push_matmul(dev, &mut pipelines, kernel, &mut steps, "wo", &attn, wo, &x, nh * hd, Epilogue::Add)?;
+            push_matmul(dev, &mut pipelines, kernel, &mut steps, "wo", (&attn, &xq), wo, &x, nh * hd, Epilogue::Add)?;
             steps.push(("ffn_norm", Op::Norm, pipelines.get(dev, "norm", shaders::NORM, "rms_norm", &[], &norm_layout)?, None, vec![&x, fnorm, &xn]));
-            push_matmul(dev, &mut pipelines, kernel, &mut steps, "w1+w3", &xn, w13, &act, h, Epilogue::Glu)?;
-            push_matmul(dev, &mut pipelines, kernel, &mut steps, "w2", &act, w2, &x, i, Epilogue::Add)?;
+            push_matmul(dev, &mut pipelines, kernel, &mut steps, "w1+w3", (&xn, &xq), w13, &act, h, Epilogue::Glu)?;
+            push_matmul(dev, &mut pipelines, kernel, &mut steps, "w2", (&act, &xq), w2, &x, i, Epilogue::Add)?;
         }
         // The last rows of x are copied to x_last before these (see `step`).
         let head = steps.len();
         steps.push(("final_norm", Op::Norm, pipelines.get(dev, "norm", shaders::NORM, "rms_norm", &[], &norm_layout)?, None, vec![&x_last, &final_norm, &xn]));
-        push_matmul(dev, &mut pipelines, kernel, &mut steps, "output", &xn, &output, &logits, h, Epilogue::Store)?;
+        push_matmul(dev, &mut pipelines, kernel, &mut steps, "output", (&xn, &xq), &output, &logits, h, Epilogue::Store)?;
 
         // The sampling step is not in `steps`: it runs only when asked, in the last slot.
         let sample_pipeline = pipelines.get(dev, "sample", shaders::SAMPLE, "sample", &[], &[Bind::Read, Bind::Read, Bind::Write, Bind::Write, Bind::Uniform])?;
@@ -421,7 +460,10 @@ impl GpuModel {
                 op,
                 bind: bind(&pipeline.get_bind_group_layout(0), &buffers, s),
                 pipeline,
-                tiled,
+                tiled: tiled.map(|(p, own): (wgpu::ComputePipeline, Option<Vec<&wgpu::Buffer>>)| {
+                    let own = own.map(|b| bind(&p.get_bind_group_layout(0), &b, s));
+                    (p, own)
+                }),
             })
             .collect();
         let profiler = Profiler::new(&gpu, steps.len() + 1);
@@ -449,6 +491,7 @@ impl GpuModel {
             chosen_staging,
             part_rows,
             prefill_tile,
+            activations,
             memory: Memory { weights: weights_bytes, decode_read: weights_bytes - embedding_bytes, kv_cache, scratch: allocated.get() - weights_bytes - kv_cache },
             len: 0,
         };
@@ -466,7 +509,12 @@ impl GpuModel {
 
     /// One line: adapter, backend, features, KV-cache type.
     pub fn describe(&self) -> String {
-        format!("{}; KV cache {}", self.gpu.describe(), if self.gpu.f16 { "f16" } else { "f32" })
+        let activations = match self.activations {
+            Activations::Int8 => "; q4 products on 8-bit activations",
+            Activations::Int8Decode => "; q4 products on 8-bit activations in decode",
+            _ => "",
+        };
+        format!("{}; KV cache {}{activations}", self.gpu.describe(), if self.gpu.f16 { "f16" } else { "f32" })
     }
 
     /// Keeps only the first `len` tokens of the cache (a conversation that shares them with
@@ -582,6 +630,7 @@ impl GpuModel {
                 Op::Embed { row0, rows } => [h, n, row0, rows, 0, 0, 0, 0],
                 Op::Norm => [h, n, (c.rms_norm_eps as f32).to_bits(), 0, 0, 0, 0, 0],
                 Op::Matmul { row0, rows, total, cols, .. } => [rows, cols, n, total, row0, 0, 0, 0],
+                Op::Quantize { cols, .. } => [cols, n, 0, 0, 0, 0, 0, 0],
                 Op::Rope => [nh, nkv, hd, n, pos0, 0, 0, 0],
                 Op::Attend | Op::Combine => [nh, nkv, hd, n, pos0, splits, split_len, (1.0 / (hd as f32).sqrt()).to_bits()],
                 Op::Sample => unreachable!("not in steps"),
@@ -616,19 +665,25 @@ impl GpuModel {
                 enc.copy_buffer_to_buffer(&self.x, (t as u64 - rows as u64) * row_bytes, &self.x_last, 0, rows as u64 * row_bytes);
             }
             let n = if s >= last { rows as u32 } else { t };
-            let mut pipeline = &step.pipeline;
+            let (mut pipeline, mut bind) = (&step.pipeline, &step.bind);
+            // Products over several tokens run token-tiled (with tiles of more than one).
+            let tile = if n > 1 { self.prefill_tile } else { 1 };
+            if matches!(step.op, Op::Quantize { single: true, .. }) && tile > 1 {
+                continue; // the tiled products read f32 x
+            }
             let groups = match step.op {
                 Op::Embed { .. } => [h.div_ceil(64), n, 1],
                 Op::Norm => [n, 1, 1],
                 Op::Matmul { rows, per_lane, .. } => {
-                    // Products over several tokens run token-tiled.
-                    let tile = if n > 1 { self.prefill_tile } else { 1 };
                     if tile > 1 {
-                        pipeline = step.tiled.as_ref().expect("matmul steps have a tiled pipeline");
+                        let (p, own) = step.tiled.as_ref().expect("matmul steps have a tiled pipeline");
+                        pipeline = p;
+                        bind = own.as_ref().unwrap_or(bind);
                     }
                     let g = if per_lane > 0 { rows.div_ceil(64 * per_lane) } else { rows };
                     [g.min(65535), g.div_ceil(65535), n.div_ceil(tile)]
                 }
+                Op::Quantize { cols, .. } => [(cols / 32).div_ceil(64), n, 1],
                 Op::Rope => [(hd / 2).div_ceil(64), c.kv_group() as u32 + 2, nkv * n],
                 Op::Attend => [splits, n, nh],
                 Op::Combine => [n, nh, 1],
@@ -637,7 +692,7 @@ impl GpuModel {
             let timestamp_writes = self.profiler.as_mut().and_then(|p| p.pass(step.name));
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
             pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, &step.bind, &[]);
+            pass.set_bind_group(0, bind, &[]);
             pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         }
         if draw.is_some() {
@@ -663,9 +718,10 @@ impl GpuModel {
     }
 }
 
-/// A dispatch to be: what it computes, its pipeline (and token-tiled pipeline), and its
-/// buffers in binding order (the parameter slot comes last).
-type StepSpec<'b> = (&'static str, Op, wgpu::ComputePipeline, Option<wgpu::ComputePipeline>, Vec<&'b wgpu::Buffer>);
+/// A dispatch to be: its name, what it computes, its pipeline (and token-tiled pipeline, with
+/// its own buffers if they differ), and its buffers in binding order (the parameter slot
+/// comes last).
+type StepSpec<'b> = (&'static str, Op, wgpu::ComputePipeline, Option<(wgpu::ComputePipeline, Option<Vec<&'b wgpu::Buffer>>)>, Vec<&'b wgpu::Buffer>);
 
 /// Which matmul.wgsl variant the matrix products use.
 #[derive(Clone, Copy)]
@@ -675,6 +731,10 @@ struct MatmulKernel {
     subgroups: bool,
     /// Tokens per tile in steps of several tokens.
     tile: u32,
+    /// q4 products take 8-bit activations (a quantize step first) in one-token steps, and in
+    /// the tiled steps of several tokens.
+    int8_single: bool,
+    int8_tiles: bool,
 }
 
 /// What a matrix product does with its sums.
@@ -696,7 +756,8 @@ fn push_matmul<'b>(
     kernel: MatmulKernel,
     steps: &mut Vec<StepSpec<'b>>,
     name: &'static str,
-    x: &'b wgpu::Buffer,
+    // x, and the buffer its 8-bit form goes to when the product takes one.
+    (x, xq): (&'b wgpu::Buffer, &'b wgpu::Buffer),
     w: &'b Weight,
     y: &'b wgpu::Buffer,
     cols: usize,
@@ -706,8 +767,13 @@ fn push_matmul<'b>(
     // Weight rows per lane; with GLU each output row is two of them (its gate and up rows).
     let glu = epilogue == Epilogue::Glu;
     let per_lane = if glu && kernel.per_lane > 0 { kernel.per_lane.max(2) } else { kernel.per_lane };
-    let defines = |tile: u32| -> Result<Vec<&'static str>> {
+    let q4 = w.quant == Quant::Q4;
+    let (int8_single, int8_tiles) = (kernel.int8_single && q4, kernel.int8_tiles && q4);
+    let defines = |tile: u32, int8: bool| -> Result<Vec<&'static str>> {
         let mut defs = vec![quant_define(w.quant)?];
+        if int8 {
+            defs.push("XQ8");
+        }
         match epilogue {
             Epilogue::Store => {}
             Epilogue::Add => defs.push("ADD"),
@@ -729,12 +795,18 @@ fn push_matmul<'b>(
         }
         Ok(defs)
     };
-    let pipeline = pl.get(dev, "matmul", shaders::MATMUL, "matmul", &defines(1)?, &binds)?;
-    let tiled = pl.get(dev, "matmul", shaders::MATMUL, "matmul", &defines(kernel.tile)?, &binds)?;
+    let pipeline = pl.get(dev, "matmul", shaders::MATMUL, "matmul", &defines(1, int8_single)?, &binds)?;
+    let tiled = pl.get(dev, "matmul", shaders::MATMUL, "matmul", &defines(kernel.tile, int8_tiles)?, &binds)?;
     let outputs_per_lane = if glu { per_lane / 2 } else { per_lane };
+    if int8_single || int8_tiles {
+        let quantize = pl.get(dev, "quantize", shaders::QUANTIZE, "quantize", &[], &[Bind::Read, Bind::Write, Bind::Uniform])?;
+        steps.push(("quantize", Op::Quantize { cols: cols as u32, single: !int8_tiles }, quantize, None, vec![x, xq]));
+    }
+    let input = |int8: bool| if int8 { xq } else { x };
     for c in &w.chunks {
         let op = Op::Matmul { row0: c.row0 as u32, rows: c.rows as u32, total: w.rows as u32, cols: cols as u32, per_lane: outputs_per_lane };
-        steps.push((name, op, pipeline.clone(), Some(tiled.clone()), vec![x, &c.data, &c.scales, y]));
+        let tiled_buffers = (int8_tiles != int8_single).then(|| vec![input(int8_tiles), &c.data, &c.scales, y]);
+        steps.push((name, op, pipeline.clone(), Some((tiled.clone(), tiled_buffers)), vec![input(int8_single), &c.data, &c.scales, y]));
     }
     Ok(())
 }
