@@ -106,18 +106,20 @@ export interface EngineInfo {
   layers: number;
   hidden_size: number;
   vocab_size: number;
-  /** With kernels.profile: the GPU time by kind of dispatch of the latest prompt step and
-   *  decode step (null until one has run); otherwise null. */
+  /** With kernels.profile: the GPU time by kind of dispatch of the prompt and decode steps
+   *  since the chat was last reset, each kind summed (null until one has run); otherwise null. */
   profile: { prefill: StepProfile | null; decode: StepProfile | null } | null;
   model: string;
   wasmMemoryBytes: number;
 }
 
 export interface StepProfile {
+  steps: number;
   tokens: number;
-  /** From the start of the first dispatch to the end of the last. */
+  /** From the start of each step's first dispatch to the end of its last, summed. */
   wall_ms: number;
-  /** One row per kind of dispatch ("wqkv", "attend", "output", …), in the order they first run. */
+  /** One row per kind of dispatch ("wqkv", "attend", "output", …), in the order they first
+   *  run; totals over the steps. */
   rows: { name: string; dispatches: number; ms: number }[];
 }
 

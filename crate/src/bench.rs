@@ -53,7 +53,8 @@ pub struct Report {
     pub copy_gb_per_s: f64,
     /// decode_weight_gb_per_s / copy_gb_per_s: how close decode is to the bandwidth roofline.
     pub roofline_fraction: f64,
-    /// With `--profile`: GPU time by dispatch of the last prompt and decode steps.
+    /// With `--profile`: GPU time by dispatch of the last repeat's prompt and decode steps
+    /// (totals; `steps` of each).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<crate::gpu::profile::Profile>,
 }

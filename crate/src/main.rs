@@ -826,10 +826,16 @@ mod cli {
             if let Some(p) = &r.profile {
                 for (what, step) in [("prompt", &p.prefill), ("decode", &p.decode)] {
                     let Some(step) = step else { continue };
-                    let busy: f64 = step.rows.iter().map(|r| r.ms).sum();
-                    println!("GPU time of the last {what} step ({} token(s)): {busy:.2} ms in passes, {:.2} ms first to last", step.tokens, step.wall_ms);
+                    let n = step.steps.max(1) as f64;
+                    let busy: f64 = step.rows.iter().map(|r| r.ms).sum::<f64>() / n;
+                    println!(
+                        "GPU time of a {what} step (mean of the last repeat's {}, {} token(s) each): {busy:.2} ms in passes, {:.2} ms first to last",
+                        step.steps,
+                        step.tokens / step.steps.max(1),
+                        step.wall_ms / n
+                    );
                     for row in &step.rows {
-                        println!("  {:<16} {:>5} × {:>10.3} ms {:>5.1}%", row.name, row.dispatches, row.ms, 100.0 * row.ms / busy.max(1e-12));
+                        println!("  {:<16} {:>5} × {:>10.3} ms {:>5.1}%", row.name, row.dispatches / step.steps.max(1), row.ms / n, 100.0 * row.ms / n / busy.max(1e-12));
                     }
                 }
             }

@@ -279,16 +279,17 @@ fn bench_json_has_every_field() {
     assert!((v["roofline_fraction"].as_f64().unwrap() - decode_bw / copy_bw).abs() < 1e-9, "{v}");
     assert!(v.get("profile").is_none(), "no profile unless asked: {v}");
 
-    // --profile: the last prompt (9 tokens) and decode step, by kind of dispatch.
-    let out = puyu(&["bench", "--prompt-tokens", "9", "--gen-tokens", "2", "--repeat", "1", "--json", "--profile"]);
+    // --profile: the last repeat's prompt step (9 tokens) and 2 decode steps, by kind of
+    // dispatch, summed.
+    let out = puyu(&["bench", "--prompt-tokens", "9", "--gen-tokens", "2", "--repeat", "2", "--json", "--profile"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    for (step, tokens) in [("prefill", 9), ("decode", 1)] {
+    for (step, steps, tokens) in [("prefill", 1, 9), ("decode", 2, 2)] {
         let s = &v["profile"][step];
-        assert_eq!(s["tokens"].as_u64(), Some(tokens), "{v}");
+        assert_eq!((s["steps"].as_u64(), s["tokens"].as_u64()), (Some(steps), Some(tokens)), "{v}");
         let rows = s["rows"].as_array().unwrap();
         let w2 = rows.iter().find(|r| r["name"] == "w2").unwrap_or_else(|| panic!("no w2 row: {s}"));
-        assert_eq!(w2["dispatches"].as_u64(), Some(2), "one per layer: {s}");
+        assert_eq!(w2["dispatches"].as_u64(), Some(2 * steps), "one per layer and step: {s}");
         assert!(rows.iter().map(|r| r["ms"].as_f64().unwrap()).sum::<f64>() > 0.0, "{s}");
     }
 

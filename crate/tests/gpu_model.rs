@@ -476,7 +476,7 @@ fn profile_times_every_dispatch() {
     pollster::block_on(gpu.forward_greedy(&[next])).unwrap();
     let p = gpu.profile().clone();
     let (prefill, decode) = (p.prefill.expect("a prompt step ran"), p.decode.expect("a decode step ran"));
-    assert_eq!((prefill.tokens, decode.tokens), (5, 1));
+    assert_eq!((prefill.steps, prefill.tokens, decode.steps, decode.tokens), (1, 5, 1, 1));
     let per_layer = ["attention_norm", "wqkv", "rope", "attend", "combine", "wo", "ffn_norm", "w1+w3", "w2"];
     for step in [&prefill, &decode] {
         let names: Vec<&str> = step.rows.iter().map(|r| r.name).collect();
@@ -492,8 +492,12 @@ fn profile_times_every_dispatch() {
         let busy: f64 = step.rows.iter().map(|r| r.ms).sum();
         assert!(busy > 0.0 && busy <= step.wall_ms + 1e-3, "passes {busy} ms, span {} ms", step.wall_ms);
     }
-    // Stepping a different token count replaces only its own kind.
+    // More steps add to their own kind; emptying the cache empties the profile.
     pollster::block_on(gpu.forward_greedy(&[5, 6])).unwrap();
-    assert_eq!(gpu.profile().prefill.as_ref().unwrap().tokens, 2);
-    assert_eq!(gpu.profile().decode.as_ref().unwrap(), &decode);
+    let p = gpu.profile().clone();
+    assert_eq!(p.prefill.as_ref().map(|s| (s.steps, s.tokens)), Some((2, 7)));
+    assert_eq!(p.prefill.unwrap().rows.iter().find(|r| r.name == "w2").unwrap().dispatches, 2 * layers);
+    assert_eq!(p.decode.as_ref(), Some(&decode));
+    gpu.reset();
+    assert_eq!(gpu.profile(), &puyu::gpu::profile::Profile::default());
 }

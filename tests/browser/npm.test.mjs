@@ -130,9 +130,12 @@ test("kernels: other matrix-product variants give the native ids; profile times 
   // kind (SwiftShader has timestamp-query; Chromium rounds the times, so only their shape
   // and signs are checked).
   assert.equal(out.profiles[0], null);
+  // Summed over the request's steps: one prompt step, a decode step a token after the first.
   const { prefill, decode } = out.profiles[1];
-  assert.equal(decode.tokens, 1);
+  assert.equal(prefill.steps, 1);
   assert.ok(prefill.tokens > 1, JSON.stringify(prefill));
+  assert.equal(decode.tokens, decode.steps);
+  assert.ok(decode.steps >= 1 && decode.steps <= 11, JSON.stringify(decode));
   // SwiftShader is a CPU adapter: the q4 products take 8-bit activations where they are not
   // token-tiled, quantized first: in decode all 9 (4 a layer and the output), in prefill the
   // output's (it runs on the last row only); prefill's tiled products read f32.
@@ -140,8 +143,8 @@ test("kernels: other matrix-product variants give the native ids; profile times 
   for (const step of [prefill, decode]) {
     assert.deepEqual(step.rows.map((r) => r.name).filter((n) => n !== "quantize"), ["embed", "attention_norm", "wqkv", "rope", "attend",
       "combine", "wo", "ffn_norm", "w1+w3", "w2", "final_norm", "output", "sample"]);
-    assert.equal(step.rows.find((r) => r.name === "quantize").dispatches, step === decode ? 9 : 1);
-    assert.equal(step.rows.find((r) => r.name === "w2").dispatches, 2);
+    assert.equal(step.rows.find((r) => r.name === "quantize").dispatches, (step === decode ? 9 : 1) * step.steps);
+    assert.equal(step.rows.find((r) => r.name === "w2").dispatches, 2 * step.steps);
     assert.ok(step.rows.every((r) => r.ms >= 0) && step.wall_ms > 0, JSON.stringify(step));
   }
   assert.equal(out.bad?.name, "InvalidOptionError");

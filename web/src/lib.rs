@@ -134,8 +134,8 @@ impl Loader {
     /// Opens the GPU and prepares the model. `options_json`: `{"context": tokens,
     /// "f16": bool, "kernels": {"schedule": "auto" | "lane" | "workgroup", "rowsPerLane":
     /// 1 | 2 | 4, "prefillTile": 1 | 4 | 8, "activations": "auto" | "f32" | "int8" |
-    /// "int8-decode", "profile": bool}}` (all optional; `kernels` is for benchmarks: `profile` times every dispatch, see
-    /// `info().profile`).
+    /// "int8-decode", "profile": bool}}` (all optional; `kernels` is for benchmarks:
+    /// `profile` times every dispatch, see `info().profile`).
     pub async fn create(config_json: String, manifest_json: String, tokenizer_json: Vec<u8>, options_json: String) -> Result<Loader, JsValue> {
         let options: Value = serde_json::from_str(&options_json).map_err(|e| invalid(format!("options: {e}")))?;
         let config = ModelConfig::from_json_str(&config_json).map_err(err)?;
@@ -250,7 +250,8 @@ fn float(request: &Value, key: &str, default: f32) -> Result<f32, JsValue> {
 #[wasm_bindgen]
 impl Engine {
     /// JSON: the adapter and features, the context, GPU memory, the model's sizes, and with
-    /// `kernels.profile` the GPU time by dispatch of the latest prompt and decode steps.
+    /// `kernels.profile` the GPU time by dispatch of the prompt and decode steps since the
+    /// chat was last reset (each kind summed).
     pub fn info(&self) -> Result<String, JsValue> {
         let inner = self.inner.try_borrow().map_err(|_| busy())?;
         let m = &inner.model;

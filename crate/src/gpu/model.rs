@@ -523,16 +523,17 @@ impl GpuModel {
         self.len = self.len.min(len);
     }
 
-    /// GPU time by dispatch of the latest prompt and decode steps; empty unless the device
-    /// was opened with timestamps ([`super::FeatureWish::timestamps`]).
+    /// GPU time by dispatch of the prompt and decode steps since the cache was last emptied;
+    /// empty unless the device was opened with timestamps ([`super::FeatureWish::timestamps`]).
     pub fn profile(&self) -> &Profile {
         &self.profile
     }
 
-    /// Empties the KV cache (a new conversation).
+    /// Empties the KV cache (a new conversation), and the profile.
     pub fn reset(&mut self) {
         self.len = 0;
         self.rope = Rope::new(&self.config);
+        self.profile = Profile::default();
     }
 
     /// Runs `tokens` after the cache, like [`crate::reference::Model::forward`]; returns the
@@ -579,7 +580,8 @@ impl GpuModel {
             self.step(chunk, rows, draw);
             if let Some(p) = &self.profiler {
                 let times = p.read(&self.gpu, chunk.len()).await?;
-                *(if chunk.len() > 1 { &mut self.profile.prefill } else { &mut self.profile.decode }) = Some(times);
+                let kind = if chunk.len() > 1 { &mut self.profile.prefill } else { &mut self.profile.decode };
+                kind.get_or_insert_with(Default::default).add(times);
             }
             if rows > 0 && draw.is_none() {
                 out.extend(self.read_logits(rows * vocab).await?);

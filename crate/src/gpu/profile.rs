@@ -18,17 +18,38 @@ pub struct ProfileRow {
     pub ms: f64,
 }
 
-/// The GPU time of one step of `tokens` tokens, by kind of dispatch, in the order each kind
-/// first runs.
+/// The GPU time of `steps` steps of one kind, `tokens` tokens in all, by kind of dispatch in
+/// the order each kind first runs: totals (divide by `steps` for one step's).
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct StepProfile {
+    pub steps: usize,
     pub tokens: usize,
-    /// From the start of the first pass to the end of the last (gaps between passes included).
+    /// From the start of each step's first pass to the end of its last (gaps between passes
+    /// included), summed.
     pub wall_ms: f64,
     pub rows: Vec<ProfileRow>,
 }
 
-/// The latest prompt step (several tokens) and the latest decode step (one token).
+impl StepProfile {
+    /// Adds another step's (or steps') times.
+    pub fn add(&mut self, other: StepProfile) {
+        self.steps += other.steps;
+        self.tokens += other.tokens;
+        self.wall_ms += other.wall_ms;
+        for row in other.rows {
+            match self.rows.iter_mut().find(|r| r.name == row.name) {
+                Some(r) => {
+                    r.dispatches += row.dispatches;
+                    r.ms += row.ms;
+                }
+                None => self.rows.push(row),
+            }
+        }
+    }
+}
+
+/// Prompt steps (several tokens) and decode steps (one token) since the model was made or
+/// its cache last emptied (`GpuModel::reset`), each kind summed.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Profile {
     pub prefill: Option<StepProfile>,
@@ -119,6 +140,7 @@ impl Profiler {
         let n = self.names.len();
         if n == 0 {
             return Ok(StepProfile {
+                steps: 1,
                 tokens,
                 ..Default::default()
             });
@@ -149,6 +171,7 @@ fn summarise(names: &[&'static str], ticks: &[u64], period_ns: f64, tokens: usiz
     }
     let wall_ms = ms(ticks[2 * names.len() - 1].saturating_sub(ticks[0]));
     StepProfile {
+        steps: 1,
         tokens,
         wall_ms,
         rows,
@@ -180,6 +203,15 @@ mod tests {
             );
         }
         assert!((p.wall_ms - 1000.0 * 2.0 / 1e6).abs() < 1e-15);
+        // Steps add up by name; new kinds go last.
+        let mut sum = p.clone();
+        sum.add(summarise(&["wqkv", "sample"], &[0, 5, 10, 30], 2.0, 1));
+        let got: Vec<(&str, usize, f64)> = sum.rows.iter().map(|r| (r.name, r.dispatches, r.ms * 1e6 / 2.0)).collect();
+        let want = [("norm", 2, 40.0), ("wqkv", 3, 65.0), ("output", 1, 50.0), ("sample", 1, 20.0)];
+        for (g, w) in got.iter().zip(want) {
+            assert!(g.0 == w.0 && g.1 == w.1 && (g.2 - w.2).abs() < 1e-9, "{g:?} vs {w:?}");
+        }
+        assert_eq!((got.len(), sum.steps, sum.tokens), (4, 2, 2));
         // A clock that runs backwards over a pass counts zero, not a wrapped huge span.
         let p = summarise(&["a"], &[50, 40], 1.0, 1);
         assert_eq!(p.rows[0].ms, 0.0);
