@@ -61,6 +61,44 @@ fn run(gpu: &Gpu, l: Launch) -> Vec<Vec<u8>> {
 
 const TOL: f64 = 1e-10;
 
+/// The weights of the matmul tests: W (the gate half under GLU), the up half W3, then both
+/// stacked, as packed data and scales, and W's and W3's values as the reference sees them.
+struct Weights {
+    data: Vec<Vec<u8>>,
+    scales: Vec<Vec<u8>>,
+    values: Vec<Vec<f32>>,
+}
+
+impl Weights {
+    fn new(quant: Quant, rows: usize, cols: usize) -> Weights {
+        let (mut data, mut scales, mut dequantized) = (Vec::new(), Vec::new(), Vec::new());
+        for seed in [1, 100] {
+            let (mut d, mut sc) = (Vec::new(), Vec::new());
+            quant.quantize(&values(rows * cols, seed + rows as u64), cols, &mut d, &mut sc);
+            dequantized.push(quant.dequantize(&d, &sc));
+            data.push(d);
+            scales.push(sc);
+        }
+        data.push(data.concat());
+        scales.push(scales.concat());
+        Weights { data, scales, values: dequantized }
+    }
+
+    /// The buffers `epilogue` ("", "ADD" or "GLU") reads and the reference's y for input x
+    /// (`y0`: y before, which ADD adds to).
+    fn case(&self, epilogue: &str, x: &[f32], y0: &[f32], cols: usize) -> (&[u8], &[u8], Vec<f32>) {
+        let plain = reference::matmul(x, &self.values[0], cols);
+        match epilogue {
+            "ADD" => (&self.data[0], &self.scales[0], plain.iter().zip(y0).map(|(a, b)| a + b).collect()),
+            "GLU" => {
+                let up = reference::matmul(x, &self.values[1], cols);
+                (&self.data[2], &self.scales[2], plain.iter().zip(&up).map(|(g, u)| reference::silu(*g) * u).collect())
+            }
+            _ => (&self.data[0], &self.scales[0], plain),
+        }
+    }
+}
+
 /// Every matmul variant against the reference: plain, with the residual add (ADD), and the
 /// fused gate/up product (GLU: W = [W1; W3] in one buffer, y = silu(x·W1ᵀ) · (x·W3ᵀ), against
 /// the reference's two products and SwiGLU), in every schedule and tile.
@@ -73,27 +111,11 @@ fn matmul_all_variants_and_shapes() {
     for g in both() {
         for quant in [Quant::Q4, Quant::Q8, Quant::F16] {
             for &(rows, cols, tokens) in &shapes {
-                // W (the gate half under GLU), the up half W3, then both stacked.
-                let (mut data, mut scales, mut wq) = (Vec::new(), Vec::new(), Vec::new());
-                for seed in [1, 100] {
-                    let (mut d, mut sc) = (Vec::new(), Vec::new());
-                    quant.quantize(&values(rows * cols, seed + rows as u64), cols, &mut d, &mut sc);
-                    wq.push(quant.dequantize(&d, &sc));
-                    data.push(d);
-                    scales.push(sc);
-                }
-                data.push(data.concat());
-                scales.push(scales.concat());
+                let weights = Weights::new(quant, rows, cols);
                 let x = values(tokens * cols, 7);
                 let y0 = values(tokens * rows, 9);
-                let plain = reference::matmul(&x, &wq[0], cols);
-                let up = reference::matmul(&x, &wq[1], cols);
                 for epilogue in ["", "ADD", "GLU"] {
-                    let (w, sc, want): (&[u8], &[u8], Vec<f32>) = match epilogue {
-                        "ADD" => (&data[0], &scales[0], plain.iter().zip(&y0).map(|(a, b)| a + b).collect()),
-                        "GLU" => (&data[2], &scales[2], plain.iter().zip(&up).map(|(g, u)| reference::silu(*g) * u).collect()),
-                        _ => (&data[0], &scales[0], plain.clone()),
-                    };
+                    let (w, sc, want) = weights.case(epilogue, &x, &y0, cols);
                     for tile in ["", "TILE4", "TILE8"] {
                         for schedule in ["ROW_PER_LANE", "ROW_PER_LANE+ROWS2", "ROW_PER_LANE+ROWS2+ROWS4", "", "SUBGROUPS"] {
                             // GLU pairs a lane's rows: at least 2 per lane.
@@ -161,27 +183,14 @@ fn int8_activations_quantize_and_multiply() {
             assert_eq!(gb, wb, "{tokens}x{cols}: block {b}");
         }
 
-        // The products, on the CPU's 8-bit x.
-        let (mut data, mut scales, mut wq) = (Vec::new(), Vec::new(), Vec::new());
-        for seed in [1, 100] {
-            let (mut d, mut sc) = (Vec::new(), Vec::new());
-            Quant::Q4.quantize(&values(rows * cols, seed + rows as u64), cols, &mut d, &mut sc);
-            wq.push(Quant::Q4.dequantize(&d, &sc));
-            data.push(d);
-            scales.push(sc);
-        }
-        data.push(data.concat());
-        scales.push(scales.concat());
+        // The products, on the CPU's 8-bit x: against the reference on the values it stands
+        // for, and (plain) on x itself.
+        let weights = Weights::new(Quant::Q4, rows, cols);
         let xhat = dequantize_activations(&want);
         let y0 = values(tokens * rows, 9);
-        let (plain, up) = (reference::matmul(&xhat, &wq[0], cols), reference::matmul(&xhat, &wq[1], cols));
-        let exact = reference::matmul(&x, &wq[0], cols);
+        let exact = weights.case("", &x, &y0, cols).2;
         for epilogue in ["", "ADD", "GLU"] {
-            let (w, sc, want): (&[u8], &[u8], Vec<f32>) = match epilogue {
-                "ADD" => (&data[0], &scales[0], plain.iter().zip(&y0).map(|(a, b)| a + b).collect()),
-                "GLU" => (&data[2], &scales[2], plain.iter().zip(&up).map(|(g, u)| reference::silu(*g) * u).collect()),
-                _ => (&data[0], &scales[0], plain.clone()),
-            };
+            let (w, sc, want) = weights.case(epilogue, &xhat, &y0, cols);
             for tile in ["", "TILE4", "TILE8"] {
                 for per_lane in [1u32, 2, 4] {
                     if epilogue == "GLU" && per_lane == 1 {
