@@ -190,12 +190,34 @@ fn idot(lo: vec4<u32>, hi: vec4<u32>, xa: vec4<u32>, xb: vec4<u32>) -> i32 {
         + dot4I8Packed(lo.z, xb.x) + dot4I8Packed(hi.z, xb.y) + dot4I8Packed(lo.w, xb.z) + dot4I8Packed(hi.w, xb.w);
 }
 
-fn nibbles_lo(q: vec4<u32>) -> vec4<u32> {
-    return q & vec4<u32>(0x0F0F0F0Fu);
+// A q4 group's 32 nibbles as bytes: lo holds each word's even weights, hi its odd ones.
+struct NibbleBytes {
+    lo: vec4<u32>,
+    hi: vec4<u32>,
 }
 
-fn nibbles_hi(q: vec4<u32>) -> vec4<u32> {
-    return (q >> vec4<u32>(4u)) & vec4<u32>(0x0F0F0F0Fu);
+fn nibble_bytes(q: vec4<u32>) -> NibbleBytes {
+    return NibbleBytes(q & vec4<u32>(0x0F0F0F0Fu), (q >> vec4<u32>(4u)) & vec4<u32>(0x0F0F0F0Fu));
+}
+
+// One quantized 32-value block of x: its bytes, its scale, and 8·Σq (the q4 offset's share).
+struct XBlock {
+    a: vec4<u32>,
+    b: vec4<u32>,
+    d: f32,
+    off: i32,
+}
+
+// Block g of token t (clamped to the last token, as token_bases does).
+fn load_xblock(t: u32, g: u32) -> XBlock {
+    let at = (min(t, p.tokens - 1u) * (p.cols / 32u) + g) * 3u;
+    let ds = bitcast<vec2<f32>>(xq[at + 2u].xy);
+    return XBlock(xq[at], xq[at + 1u], ds.x, 8 * i32(ds.y));
+}
+
+// Σ (n − 8) · q over the group, unscaled.
+fn qdot(n: NibbleBytes, x: XBlock) -> f32 {
+    return f32(idot(n.lo, n.hi, x.a, x.b) - x.off);
 }
 
 #else
@@ -284,67 +306,46 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
 #if XQ8
 #if TILE4 | TILE8
     // Integer products: each row's group split into its nibble bytes once, used for every
-    // token of the tile; each token's block is (xa, xb, (d, Σq)).
+    // token of the tile.
     for (var g = 0u; g < groups; g++) {
-        let q0 = w[rows.x * groups + g];
-        let lo0 = nibbles_lo(q0);
-        let hi0 = nibbles_hi(q0);
+        let n0 = nibble_bytes(w[rows.x * groups + g]);
         var d = vec4<f32>(scale(rows.x, g), 0.0, 0.0, 0.0);
 #if ROWS2
-        let q1 = w[rows.y * groups + g];
-        let lo1 = nibbles_lo(q1);
-        let hi1 = nibbles_hi(q1);
+        let n1 = nibble_bytes(w[rows.y * groups + g]);
         d.y = scale(rows.y, g);
 #endif
 #if ROWS4
-        let q2 = w[rows.z * groups + g];
-        let q3 = w[rows.w * groups + g];
-        let lo2 = nibbles_lo(q2);
-        let hi2 = nibbles_hi(q2);
-        let lo3 = nibbles_lo(q3);
-        let hi3 = nibbles_hi(q3);
+        let n2 = nibble_bytes(w[rows.z * groups + g]);
+        let n3 = nibble_bytes(w[rows.w * groups + g]);
         d.z = scale(rows.z, g);
         d.w = scale(rows.w, g);
 #endif
         for (var j = 0u; j < TILE; j++) {
-            let at = (min(t0 + j, p.tokens - 1u) * groups + g) * 3u;
-            let xa = xq[at];
-            let xb = xq[at + 1u];
-            let ds = bitcast<vec2<f32>>(xq[at + 2u].xy);
-            let off = 8 * i32(ds.y);
-            var s = vec4<f32>(f32(idot(lo0, hi0, xa, xb) - off), 0.0, 0.0, 0.0);
+            let xb = load_xblock(t0 + j, g);
+            var s = vec4<f32>(qdot(n0, xb), 0.0, 0.0, 0.0);
 #if ROWS2
-            s.y = f32(idot(lo1, hi1, xa, xb) - off);
+            s.y = qdot(n1, xb);
 #endif
 #if ROWS4
-            s.z = f32(idot(lo2, hi2, xa, xb) - off);
-            s.w = f32(idot(lo3, hi3, xa, xb) - off);
+            s.z = qdot(n2, xb);
+            s.w = qdot(n3, xb);
 #endif
-            acc[j] += s * d * ds.x;
+            acc[j] += s * d * xb.d;
         }
     }
 #else
     // One token (decode), with constant indices only (see group_dot).
-    let x0 = min(t0, p.tokens - 1u) * groups;
     for (var g = 0u; g < groups; g++) {
-        let at = (x0 + g) * 3u;
-        let xa = xq[at];
-        let xb = xq[at + 1u];
-        let ds = bitcast<vec2<f32>>(xq[at + 2u].xy);
-        let off = 8 * i32(ds.y);
-        let q0 = w[rows.x * groups + g];
-        var s = vec4<f32>(f32(idot(nibbles_lo(q0), nibbles_hi(q0), xa, xb) - off) * scale(rows.x, g), 0.0, 0.0, 0.0);
+        let xb = load_xblock(t0, g);
+        var s = vec4<f32>(qdot(nibble_bytes(w[rows.x * groups + g]), xb) * scale(rows.x, g), 0.0, 0.0, 0.0);
 #if ROWS2
-        let q1 = w[rows.y * groups + g];
-        s.y = f32(idot(nibbles_lo(q1), nibbles_hi(q1), xa, xb) - off) * scale(rows.y, g);
+        s.y = qdot(nibble_bytes(w[rows.y * groups + g]), xb) * scale(rows.y, g);
 #endif
 #if ROWS4
-        let q2 = w[rows.z * groups + g];
-        let q3 = w[rows.w * groups + g];
-        s.z = f32(idot(nibbles_lo(q2), nibbles_hi(q2), xa, xb) - off) * scale(rows.z, g);
-        s.w = f32(idot(nibbles_lo(q3), nibbles_hi(q3), xa, xb) - off) * scale(rows.w, g);
+        s.z = qdot(nibble_bytes(w[rows.z * groups + g]), xb) * scale(rows.z, g);
+        s.w = qdot(nibble_bytes(w[rows.w * groups + g]), xb) * scale(rows.w, g);
 #endif
-        acc[0] += s * ds.x;
+        acc[0] += s * xb.d;
     }
 #endif
 #else

@@ -234,19 +234,6 @@ mod cli {
         }
     }
 
-    /// What the q4 matrix products multiply the weights with.
-    #[derive(Clone, Copy, ValueEnum)]
-    enum ActivationsArg {
-        /// 8-bit on CPU adapters (lavapipe; in decode only on SwiftShader), f32 on GPUs.
-        Auto,
-        /// f32, as the reference.
-        F32,
-        /// 8-bit integers with a scale per 32 values (llama.cpp's q8_0).
-        Int8,
-        /// 8-bit in decode, f32 in prefill (what the browser does on SwiftShader).
-        Int8Decode,
-    }
-
     /// The engine `run` generates with.
     enum Engine<'a> {
         Cpu(CpuSession<'a>),
@@ -445,9 +432,12 @@ mod cli {
         /// Do not use subgroup operations even if the adapter has them.
         #[arg(long)]
         no_subgroups: bool,
-        /// Activations of the q4 matrix products.
-        #[arg(long, value_enum, default_value_t = ActivationsArg::Auto)]
-        activations: ActivationsArg,
+        /// What the q4 matrix products multiply the weights with: `f32` (the reference's
+        /// arithmetic), `int8` (8-bit with a scale per 32 values, llama.cpp's q8_0),
+        /// `int8-decode` (8-bit in decode, f32 in prefill, as the browser on SwiftShader), or
+        /// `auto` (8-bit on CPU adapters, f32 on GPUs).
+        #[arg(long, default_value = "auto")]
+        activations: puyu::gpu::model::Activations,
         /// Time every dispatch with timestamp queries (`bench --profile`).
         #[arg(skip)]
         timestamps: bool,
@@ -826,16 +816,17 @@ mod cli {
             if let Some(p) = &r.profile {
                 for (what, step) in [("prompt", &p.prefill), ("decode", &p.decode)] {
                     let Some(step) = step else { continue };
-                    let n = step.steps.max(1) as f64;
+                    let steps = step.steps.max(1);
+                    let n = steps as f64;
                     let busy: f64 = step.rows.iter().map(|r| r.ms).sum::<f64>() / n;
                     println!(
                         "GPU time of a {what} step (mean of the last repeat's {}, {} token(s) each): {busy:.2} ms in passes, {:.2} ms first to last",
                         step.steps,
-                        step.tokens / step.steps.max(1),
+                        step.tokens / steps,
                         step.wall_ms / n
                     );
                     for row in &step.rows {
-                        println!("  {:<16} {:>5} × {:>10.3} ms {:>5.1}%", row.name, row.dispatches / step.steps.max(1), row.ms / n, 100.0 * row.ms / n / busy.max(1e-12));
+                        println!("  {:<16} {:>5} × {:>10.3} ms {:>5.1}%", row.name, row.dispatches / steps, row.ms / n, 100.0 * row.ms / n / busy.max(1e-12));
                     }
                 }
             }
@@ -883,14 +874,7 @@ mod cli {
         let dir = ModelDir::open(dir, false)?;
         let gpu = args.open()?;
         let context = context(&dir.config);
-        use puyu::gpu::model::Activations;
-        let activations = match args.activations {
-            ActivationsArg::Auto => Activations::Auto,
-            ActivationsArg::F32 => Activations::F32,
-            ActivationsArg::Int8 => Activations::Int8,
-            ActivationsArg::Int8Decode => Activations::Int8Decode,
-        };
-        let options = puyu::gpu::model::GpuOptions { context, activations, ..Default::default() };
+        let options = puyu::gpu::model::GpuOptions { context, activations: args.activations, ..Default::default() };
         let total: u64 = dir.manifest.shards.iter().map(|s| s.size).sum();
         let bar = indicatif::ProgressBar::new(total).with_style(
             indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")?.progress_chars("=> "),

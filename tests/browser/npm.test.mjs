@@ -123,7 +123,13 @@ test("kernels: other matrix-product variants give the native ids; profile times 
     } catch (e) {
       bad = { name: e.name, message: e.message };
     }
-    return { ids, bad, profiles, activations };
+    let badActivations = null;
+    try {
+      await createEngine({ model: "models/tiny-q4/", kernels: { activations: "int4" } });
+    } catch (e) {
+      badActivations = { name: e.name, message: e.message };
+    }
+    return { ids, bad, badActivations, profiles, activations };
   }, messages);
   for (const ids of out.ids) assert.deepEqual(ids, want);
   // Timestamps only when asked; then the prompt step and the last decode step, by dispatch
@@ -149,6 +155,8 @@ test("kernels: other matrix-product variants give the native ids; profile times 
   }
   assert.equal(out.bad?.name, "InvalidOptionError");
   assert.match(out.bad.message, /rowsPerLane must be 1, 2 or 4/);
+  assert.equal(out.badActivations?.name, "InvalidOptionError");
+  assert.match(out.badActivations.message, /activations must be auto, f32, int8 or int8-decode, not `int4`/);
 });
 
 test("named errors: bad options, a prompt over the context, a missing model, a lost device (then a new engine)", async () => {

@@ -17,7 +17,7 @@ use std::rc::Rc;
 
 use puyu::chat::{self, Message, Role, Template};
 use puyu::generate::{generate, FinishReason, GenerateOptions};
-use puyu::gpu::model::{Activations, GpuModel, GpuOptions, Schedule};
+use puyu::gpu::model::{GpuModel, GpuOptions, Schedule};
 use puyu::gpu::weights::WeightWriter;
 use puyu::gpu::{FeatureWish, Gpu};
 use puyu::model_dir::{Manifest, ShardStream};
@@ -103,13 +103,8 @@ fn kernel_options(mut o: GpuOptions, kernels: Option<&Value>) -> Result<(GpuOpti
             "rowsPerLane" => o.rows_per_lane = n().filter(|n| [1, 2, 4].contains(n)).ok_or_else(|| invalid(format!("kernels.rowsPerLane must be 1, 2 or 4, got {v}")))?,
             "prefillTile" => o.prefill_tile = n().filter(|n| [1, 4, 8].contains(n)).ok_or_else(|| invalid(format!("kernels.prefillTile must be 1, 4 or 8, got {v}")))?,
             "activations" => {
-                o.activations = match v.as_str() {
-                    Some("auto") => Activations::Auto,
-                    Some("f32") => Activations::F32,
-                    Some("int8") => Activations::Int8,
-                    Some("int8-decode") => Activations::Int8Decode,
-                    _ => return Err(invalid(format!("kernels.activations must be \"auto\", \"f32\", \"int8\" or \"int8-decode\", got {v}"))),
-                }
+                let name = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                o.activations = name.parse().map_err(|e| invalid(format!("kernels.{e}")))?;
             }
             "profile" => profile = v.as_bool().ok_or_else(|| invalid(format!("kernels.profile must be true or false, got {v}")))?,
             _ => return Err(invalid(format!("unknown kernels option {key} (known: schedule, rowsPerLane, prefillTile, activations, profile)"))),

@@ -118,6 +118,21 @@ pub enum Activations {
     Int8Decode,
 }
 
+impl std::str::FromStr for Activations {
+    type Err = String;
+
+    /// The names the CLI, the JS options and the JSON reports use.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Activations::Auto),
+            "f32" => Ok(Activations::F32),
+            "int8" => Ok(Activations::Int8),
+            "int8-decode" => Ok(Activations::Int8Decode),
+            _ => Err(format!("activations must be auto, f32, int8 or int8-decode, not `{s}`")),
+        }
+    }
+}
+
 /// Sizes and choices for [`GpuModel::new`].
 #[derive(Clone, Debug)]
 pub struct GpuOptions {
