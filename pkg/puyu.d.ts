@@ -19,12 +19,14 @@ export interface LoadOptions {
   f16?: boolean;
   /** Matrix-product variants, for benchmarks (default: the engine's choice for the adapter):
    *  a lane per row ("lane", with 1, 2 or 4 rows per lane) or a workgroup per row, and the
-   *  tokens per tile in prefill; `activations`: what the q4 products multiply the weights
+   *  tokens per tile in prefill; `attention`: a lane per query in prompts and per KV split in
+   *  decode ("lane", the default on CPU adapters) or a workgroup per query and split; `activations`: what the q4 products multiply the weights
    *  with ("int8": 8-bit with a scale per 32 values; "int8-decode": so in decode only, the
    *  default on CPU adapters; "f32": the reference's arithmetic); `profile` times every dispatch with timestamp queries (the
    *  adapter must have timestamp-query; see EngineInfo.profile). */
   kernels?: {
-    schedule?: "auto" | "lane" | "workgroup"; rowsPerLane?: 1 | 2 | 4; prefillTile?: 1 | 4 | 8;
+    schedule?: "auto" | "lane" | "workgroup"; attention?: "auto" | "lane" | "workgroup";
+    rowsPerLane?: 1 | 2 | 4; prefillTile?: 1 | 4 | 8;
     activations?: "auto" | "f32" | "int8" | "int8-decode"; profile?: boolean;
   };
   /** Keep downloaded shards in the Cache API (default true). */

@@ -8,6 +8,9 @@
 //          out = Σ_s o_s·e^(m_s − M) / Σ_s l_s·e^(m_s − M), M = max_s m_s.
 // Decode (T = 1) splits a long KV range over many workgroups (flash-decoding); prefill runs
 // one split per query, causal (query t sees keys ≤ pos0 + t).
+// On CPU adapters a lane does the work of a workgroup instead (see the lane kernels below):
+// attend_rows, a lane per query in steps of several tokens, writes `out` itself (no combine);
+// attend_split_lanes, a lane per split in decode, writes `part` for `combine`.
 // Variants: KV_F16 keeps the caches in f16 (needs shader-f16; halves their memory and
 // bandwidth), otherwise f32.
 #if KV_F16
@@ -114,6 +117,143 @@ fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         part[pb + hd] = m;
         part[pb + hd + 1u] = l;
     }
+}
+
+// The lane kernels, for CPU adapters (head_dim a multiple of 4). CPU drivers run a
+// workgroup's lanes as the SIMD slots of one core, where `attend`'s barriers each cost a
+// switch between the lanes' contexts and its reductions are repeated by every lane; here each
+// lane keeps its own online softmax over its keys, with no barrier. On GPUs the two private
+// hd-float rows would spill out of registers, so there `attend` runs. llvmpipe ends a shader
+// invocation's loops after 65,535 iterations in all, so the loops are few and wide: hd/2 + 1
+// iterations a block of 8 keys (see `rows_attention_fits` in model.rs).
+
+// A lane's query row and its unnormalised output.
+var<private> lane_q: array<vec4<f32>, 64>;
+var<private> lane_o: array<vec4<f32>, 64>;
+
+// Loads query row `row` into lane_q and zeroes lane_o.
+fn start_query(row: u32) {
+    let qb = row * p.head_dim;
+    for (var i = 0u; i < p.head_dim / 4u; i++) {
+        let b = qb + 4u * i;
+        lane_q[i] = vec4(q[b], q[b + 1u], q[b + 2u], q[b + 3u]);
+        lane_o[i] = vec4(0.0);
+    }
+}
+
+// Online softmax of lane_q over keys [start, end) of KV head kv, those past `last` masked, 8 keys
+// at a time; accumulates into lane_o and returns (m, l). Keys past `end` read key end − 1, which
+// the caller guarantees is written (unwritten rows may hold anything, and 0 · NaN is NaN).
+fn walk_keys(start: u32, end: u32, last: u32, kv: u32) -> vec2<f32> {
+    let hd = p.head_dim;
+    var m = -3.4e38;
+    var l = 0.0;
+    for (var k0 = start; k0 < end; k0 += 8u) {
+        let r0 = cache_row(k0, end, kv);
+        let r1 = cache_row(k0 + 1u, end, kv);
+        let r2 = cache_row(k0 + 2u, end, kv);
+        let r3 = cache_row(k0 + 3u, end, kv);
+        let r4 = cache_row(k0 + 4u, end, kv);
+        let r5 = cache_row(k0 + 5u, end, kv);
+        let r6 = cache_row(k0 + 6u, end, kv);
+        let r7 = cache_row(k0 + 7u, end, kv);
+        // Their scores, 4 keys to a matrix: column j holds key j's 4 dims.
+        var s_lo = vec4(0.0);
+        var s_hi = vec4(0.0);
+        for (var i = 0u; i < hd / 4u; i++) {
+            let d = 4u * i;
+            s_lo += lane_q[i] * mat4x4(k4(r0 + d), k4(r1 + d), k4(r2 + d), k4(r3 + d));
+            s_hi += lane_q[i] * mat4x4(k4(r4 + d), k4(r5 + d), k4(r6 + d), k4(r7 + d));
+        }
+        let key = vec4(k0, k0 + 1u, k0 + 2u, k0 + 3u);
+        let ok_lo = key <= vec4(min(last, end - 1u));
+        let ok_hi = key + 4u <= vec4(min(last, end - 1u));
+        let masked = vec4(-3.4e38);
+        s_lo = select(masked, s_lo * p.scale, ok_lo);
+        s_hi = select(masked, s_hi * p.scale, ok_hi);
+        let mx = max(s_lo, s_hi);
+        let m_new = max(m, max(max(mx.x, mx.y), max(mx.z, mx.w)));
+        let rescale = exp(m - m_new);
+        let w_lo = select(vec4(0.0), exp(s_lo - m_new), ok_lo);
+        let w_hi = select(vec4(0.0), exp(s_hi - m_new), ok_hi);
+        l = l * rescale + dot(w_lo, vec4(1.0)) + dot(w_hi, vec4(1.0));
+        for (var i = 0u; i < hd / 4u; i++) {
+            let d = 4u * i;
+            let v_lo = mat4x4(v4(r0 + d), v4(r1 + d), v4(r2 + d), v4(r3 + d));
+            let v_hi = mat4x4(v4(r4 + d), v4(r5 + d), v4(r6 + d), v4(r7 + d));
+            lane_o[i] = lane_o[i] * rescale + v_lo * w_lo + v_hi * w_hi;
+        }
+        m = m_new;
+    }
+    return vec2(m, l);
+}
+
+// Where key `key` of KV head `kv` starts in the caches; keys past `end` read the last one.
+fn cache_row(key: u32, end: u32, kv: u32) -> u32 {
+    return (min(key, end - 1u) * p.kv_heads + kv) * p.head_dim;
+}
+
+// Dims [i, i + 4) of the K and V caches as f32.
+fn k4(i: u32) -> vec4<f32> {
+    return vec4(f32(k_cache[i]), f32(k_cache[i + 1u]), f32(k_cache[i + 2u]), f32(k_cache[i + 3u]));
+}
+
+fn v4(i: u32) -> vec4<f32> {
+    return vec4(f32(v_cache[i]), f32(v_cache[i + 1u]), f32(v_cache[i + 2u]), f32(v_cache[i + 3u]));
+}
+
+// Steps of several tokens. x: block of 64 tokens, y: head n; a lane per query t.
+// The lanes are consecutive queries of one head and walk the same keys in step (those of the
+// workgroup's last query, so the loop is uniform): each K and V load is one value broadcast
+// to the lanes. Writes `out` itself: no combine follows.
+@compute @workgroup_size(64)
+fn attend_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let n = wg.y;
+    let t = wg.x * LANES + lane;
+    if (t >= p.tokens) {
+        return; // (a CPU driver skips SIMD slots whose lanes have all returned)
+    }
+    let t_hi = min(wg.x * LANES + LANES, p.tokens) - 1u;
+    let row = t * p.heads + n;
+    start_query(row);
+    let ml = walk_keys(0u, p.pos0 + t_hi + 1u, p.pos0 + t, n / (p.heads / p.kv_heads));
+    let ob = row * p.head_dim;
+    for (var i = 0u; i < p.head_dim / 4u; i++) {
+        let y = lane_o[i] / ml.y;
+        out[ob + 4u * i] = y.x;
+        out[ob + 4u * i + 1u] = y.y;
+        out[ob + 4u * i + 2u] = y.z;
+        out[ob + 4u * i + 3u] = y.w;
+    }
+}
+
+// One-token steps (decode). x: head n; a lane per KV split s (of `split_len` keys, any
+// length; at most 64 splits), as `attend` writes them for `combine`. The lanes read different
+// keys, so their loads are gathers, but no work is repeated and nothing waits.
+@compute @workgroup_size(64)
+fn attend_split_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) s: u32) {
+    let n = wg.x;
+    if (s >= p.splits) {
+        return;
+    }
+    let hd = p.head_dim;
+    let pb = (n * p.splits + s) * (hd + 2u);
+    let start = s * p.split_len;
+    let end = min(start + p.split_len, p.pos0 + 1u);
+    if (start >= end) {
+        part[pb + hd + 1u] = 0.0; // an empty split (combine skips it)
+        return;
+    }
+    start_query(n);
+    let ml = walk_keys(start, end, end - 1u, n / (p.heads / p.kv_heads));
+    for (var i = 0u; i < hd / 4u; i++) {
+        part[pb + 4u * i] = lane_o[i].x;
+        part[pb + 4u * i + 1u] = lane_o[i].y;
+        part[pb + 4u * i + 2u] = lane_o[i].z;
+        part[pb + 4u * i + 3u] = lane_o[i].w;
+    }
+    part[pb + hd] = ml.x;
+    part[pb + hd + 1u] = ml.y;
 }
 
 // x: token t, y: head n; lanes over head dims.

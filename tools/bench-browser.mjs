@@ -3,7 +3,7 @@
 // driven headless; prints its JSON result. The model folder is served beside the page.
 //
 //   node tools/bench-browser.mjs MODEL_DIR [--prompt WORDS] [--gen TOKENS] [--repeat N] [--context N]
-//                                [--schedule lane|workgroup] [--rows 1|2|4] [--tile 1|4|8]
+//                                [--schedule lane|workgroup] [--attention lane|workgroup] [--rows 1|2|4] [--tile 1|4|8]
 //                                [--activations f32|int8] [--profile]
 // --profile: GPU time by kind of dispatch (timestamp queries, unrounded: Chromium runs with
 // its WebGPU developer features on).
@@ -34,7 +34,7 @@ try {
     repeat: arg("--repeat", "3"), context: arg("--context", "512"), cache: "0",
   });
   // Matrix-product variants (default: the engine's choice).
-  for (const k of ["schedule", "rows", "tile", "activations"]) if (arg(`--${k}`)) q.set(k, arg(`--${k}`));
+  for (const k of ["schedule", "attention", "rows", "tile", "activations"]) if (arg(`--${k}`)) q.set(k, arg(`--${k}`));
   if (profile) q.set("profile", "1");
   await page.goto(`http://127.0.0.1:${port}/www/bench.html?${q}`);
   await page.waitForFunction(() => window.benchResult, null, { timeout: 0, polling: 1000 });

@@ -205,34 +205,59 @@ pub fn kernels(gpu: &crate::gpu::Gpu, config: &crate::ModelConfig, prefill: usiz
             }
         }
     }
-    if !wanted("attention attend") {
-        return Ok(rows);
-    }
-    // Decode attention over a long cache, split as the engine splits it.
+    // Attention: decode over a long cache, split over workgroups as the engine splits it
+    // and a lane per split (CPU adapters); a prompt of `prefill` tokens on an empty cache and
+    // after ctx − prefill tokens, a workgroup per query (then the combine) and a lane per query
+    // (CPU adapters, within llvmpipe's loop budget).
     let (nh, nkv, hd) = (config.num_heads, config.num_kv_heads, config.head_dim);
-    let (splits, split_len) = crate::gpu::model::kv_splits(1, ctx, nh, 128);
     let kv_bytes = if gpu.f16 { 2 } else { 4 };
-    let q = vec![0.1f32; nh * hd];
     let cache = vec![0u8; ctx * nkv * hd * kv_bytes];
-    let part = vec![0f32; nh * splits as usize * (hd + 2)];
-    let out = vec![0f32; nh * hd];
     let defines: &[&str] = if gpu.f16 { &["KV_F16"] } else { &[] };
-    let launch = Launch {
-        source: shaders::ATTENTION,
-        entry: "attend",
-        defines,
-        buffers: vec![Buf::In(bytemuck::cast_slice(&q)), Buf::In(&cache), Buf::In(&cache), Buf::Out(bytemuck::cast_slice(&part)), Buf::Out(bytemuck::cast_slice(&out))],
-        params: [nh as u32, nkv as u32, hd as u32, 1, (ctx - 1) as u32, splits, split_len, (1.0 / (hd as f32).sqrt()).to_bits()],
-        groups: [splits, 1, nh as u32],
-    };
-    let s = lab::time(gpu, &launch, 3)?;
-    rows.push(KernelRow {
-        kernel: "attention attend".into(),
-        variant: format!("{splits} splits{}", if gpu.f16 { " KV_F16" } else { "" }),
-        shape: format!("nh {nh} nkv {nkv} hd {hd} ctx {ctx} T=1"),
-        ms: s * 1e3,
-        gb_per_s: 2.0 * cache.len() as f64 / s / 1e9,
-        gflop_per_s: 4.0 * (nh * ctx * hd) as f64 / s / 1e9,
-    });
+    let f16 = if gpu.f16 { " KV_F16" } else { "" };
+    let scale = (1.0 / (hd as f32).sqrt()).to_bits();
+    let mut shapes = vec![(1, ctx - 1)];
+    if prefill > 1 && prefill <= ctx {
+        shapes.extend([(prefill, 0), (prefill, ctx - prefill)]);
+    }
+    for (t, pos0) in shapes {
+        let keys = pos0 + t;
+        let (splits, split_len) = crate::gpu::model::kv_splits(t, keys, nh, 128.max(t));
+        let q = vec![0.1f32; t * nh * hd];
+        let part = vec![0f32; t * nh * splits as usize * (hd + 2)];
+        let out = vec![0f32; t * nh * hd];
+        let launch = |entry, groups| Launch {
+            source: shaders::ATTENTION,
+            entry,
+            defines,
+            buffers: vec![Buf::In(bytemuck::cast_slice(&q)), Buf::In(&cache), Buf::In(&cache), Buf::Out(bytemuck::cast_slice(&part)), Buf::Out(bytemuck::cast_slice(&out))],
+            params: [nh as u32, nkv as u32, hd as u32, t as u32, pos0 as u32, splits, split_len, scale],
+            groups,
+        };
+        let mut variants = vec![(format!("{splits} split(s), combine{f16}"), lab::time(gpu, &launch("attend", [splits, t as u32, nh as u32]), 3)? + lab::time(gpu, &launch("combine", [t as u32, nh as u32, 1]), 3)?)];
+        if t > 1 && crate::gpu::model::rows_attention_fits(keys, hd) {
+            variants.push((format!("lane per query{f16}"), lab::time(gpu, &launch("attend_rows", [t.div_ceil(64) as u32, nh as u32, 1]), 3)?));
+        }
+        if t == 1 && hd % 4 == 0 {
+            let (splits, split_len) = crate::gpu::model::lane_splits(keys);
+            let mut l = launch("attend_split_lanes", [nh as u32, 1, 1]);
+            l.params[5..7].copy_from_slice(&[splits, split_len]);
+            let s = lab::time(gpu, &l, 3)?;
+            l.entry = "combine";
+            l.groups = [1, nh as u32, 1];
+            variants.push((format!("lane per split ({splits}), combine{f16}"), s + lab::time(gpu, &l, 3)?));
+        }
+        // Causal: query i reads pos0 + i + 1 keys.
+        let pairs = (t * pos0 + t * (t + 1) / 2) as f64;
+        for (variant, s) in variants {
+            rows.push(KernelRow {
+                kernel: "attention attend".into(),
+                variant,
+                shape: format!("nh {nh} nkv {nkv} hd {hd} keys {keys} T={t}"),
+                ms: s * 1e3,
+                gb_per_s: 2.0 * (keys * nkv * hd * kv_bytes) as f64 / s / 1e9,
+                gflop_per_s: 4.0 * pairs * (nh * hd) as f64 / s / 1e9,
+            });
+        }
+    }
     Ok(rows)
 }

@@ -10,7 +10,7 @@
 //! pick exactly the reference's token.
 
 use puyu::gpu::lab::{self, Buf, Launch};
-use puyu::gpu::model::kv_splits;
+use puyu::gpu::model::{kv_splits, lane_splits, rows_attention_fits};
 use puyu::gpu::{shaders, FeatureWish, Gpu};
 use puyu::quant::Quant;
 use puyu::reference;
@@ -255,7 +255,7 @@ fn matmul_row_block_writes_its_rows() {
 fn attention_decode_and_prefill() {
     // (nh, nkv, hd, T, pos0): decode over short and long caches (many splits, the last
     // one partial), prefill from empty and after a cache, hd not a multiple of 64.
-    let cases = [(4, 2, 16, 1, 0), (4, 2, 16, 1, 300), (2, 1, 32, 7, 5), (8, 2, 128, 3, 70), (4, 4, 40, 65, 0), (16, 8, 128, 1, 1000)];
+    let cases = [(4, 2, 16, 1, 0), (4, 2, 16, 1, 300), (2, 1, 32, 7, 5), (8, 2, 128, 3, 70), (4, 4, 40, 65, 0), (16, 8, 128, 1, 1000), (2, 1, 128, 70, 3000), (2, 2, 64, 1, 4999)];
     for g in both() {
         for &(nh, nkv, hd, t, pos0) in &cases {
             let ctx = pos0 + t;
@@ -306,6 +306,46 @@ fn attention_decode_and_prefill() {
                 let got = floats(&res[1], t * nh * hd);
                 let e = nmse(&got, &want);
                 assert!(e <= TOL, "attention nh {nh} nkv {nkv} hd {hd} T {t} pos0 {pos0} splits {splits}×{split_len} f16 {}: NMSE {e:.2e}", g.f16);
+            }
+            // The lane-per-query kernel of CPU adapters writes the output itself (NaN until
+            // then), within llvmpipe's loop budget.
+            assert!(rows_attention_fits(ctx, hd));
+            let params = [nh as u32, nkv as u32, hd as u32, t as u32, pos0 as u32, 1, 0, (1.0 / (hd as f32).sqrt()).to_bits()];
+            let res = run(&g, Launch {
+                source: shaders::ATTENTION,
+                entry: "attend_rows",
+                defines,
+                buffers: vec![Buf::In(bytes(&q)), Buf::In(&kb), Buf::In(&vb), Buf::Out(bytes(&[0f32])), Buf::Out(bytes(&vec![f32::NAN; t * nh * hd]))],
+                params,
+                groups: [t.div_ceil(64) as u32, nh as u32, 1],
+            });
+            let e = nmse(&floats(&res[1], t * nh * hd), &want);
+            assert!(e <= TOL, "attend_rows nh {nh} nkv {nkv} hd {hd} T {t} pos0 {pos0} f16 {}: NMSE {e:.2e}", g.f16);
+            if t == 1 {
+                // Decode a lane per split (CPU adapters), then the usual combine.
+                let (splits, split_len) = lane_splits(ctx);
+                assert!(splits <= 64);
+                let params = [nh as u32, nkv as u32, hd as u32, 1, pos0 as u32, splits, split_len, (1.0 / (hd as f32).sqrt()).to_bits()];
+                let part = vec![f32::NAN; nh * splits as usize * (hd + 2)];
+                let out = vec![f32::NAN; nh * hd];
+                let parts = run(&g, Launch {
+                    source: shaders::ATTENTION,
+                    entry: "attend_split_lanes",
+                    defines,
+                    buffers: vec![Buf::In(bytes(&q)), Buf::In(&kb), Buf::In(&vb), Buf::Out(bytes(&part)), Buf::Out(bytes(&out))],
+                    params,
+                    groups: [nh as u32, 1, 1],
+                });
+                let res = run(&g, Launch {
+                    source: shaders::ATTENTION,
+                    entry: "combine",
+                    defines,
+                    buffers: vec![Buf::In(bytes(&q)), Buf::In(&kb), Buf::In(&vb), Buf::Out(&parts[0]), Buf::Out(bytes(&out))],
+                    params,
+                    groups: [1, nh as u32, 1],
+                });
+                let e = nmse(&floats(&res[1], nh * hd), &want);
+                assert!(e <= TOL, "attend_split_lanes nh {nh} nkv {nkv} hd {hd} pos0 {pos0} {splits}×{split_len} f16 {}: NMSE {e:.2e}", g.f16);
             }
         }
     }

@@ -203,6 +203,15 @@ fn both_matmul_schedules() {
     }
 }
 
+/// Both attention schedules, whichever the adapter would pick (lavapipe: a lane per query in
+/// steps of several tokens, a lane per KV split in decode): prompts in chunks of 7 tokens, so
+/// that the lane-per-query kernel also runs after cached tokens, f16 and f32 KV caches.
+#[test]
+fn both_attention_schedules() {
+    check_with(TINY, Quant::Q4, GpuOptions { attention: Schedule::RowPerLane, ..sized(256, 7) }, FeatureWish::default());
+    check_with(TINY, Quant::Q4, GpuOptions { attention: Schedule::Workgroup, ..sized(256, 7) }, FeatureWish::PORTABLE);
+}
+
 #[test]
 fn context_overflow_is_a_named_error() {
     let root = tempfile::tempdir().unwrap();
@@ -478,9 +487,12 @@ fn profile_times_every_dispatch() {
     let (prefill, decode) = (p.prefill.expect("a prompt step ran"), p.decode.expect("a decode step ran"));
     assert_eq!((prefill.steps, prefill.tokens, decode.steps, decode.tokens), (1, 5, 1, 1));
     let per_layer = ["attention_norm", "wqkv", "rope", "attend", "combine", "wo", "ffn_norm", "w1+w3", "w2"];
-    for step in [&prefill, &decode] {
+    // On a CPU adapter the prompt's attention runs a lane per query and needs no combine.
+    let lanes = gpu.adapter_info().device_type == wgpu::DeviceType::Cpu;
+    for (step, prompt) in [(&prefill, true), (&decode, false)] {
+        let per_layer: Vec<&str> = per_layer.into_iter().filter(|&n| !(prompt && lanes && n == "combine")).collect();
         let names: Vec<&str> = step.rows.iter().map(|r| r.name).collect();
-        let want: Vec<&str> = ["embed"].into_iter().chain(per_layer).chain(["final_norm", "output", "sample"]).collect();
+        let want: Vec<&str> = ["embed"].into_iter().chain(per_layer.iter().copied()).chain(["final_norm", "output", "sample"]).collect();
         assert_eq!(names, want);
         for r in &step.rows {
             let n = if per_layer.contains(&r.name) { layers } else { 1 };

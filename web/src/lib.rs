@@ -80,9 +80,19 @@ fn invalid(message: impl AsRef<str>) -> JsValue {
     js_error("InvalidOptionError", message.as_ref())
 }
 
-/// The matrix-product schedule, rows per lane and prefill tile of `kernels` (benchmarks
-/// compare them; the defaults are the engine's choice for the adapter), and whether to time
-/// every dispatch (`profile`).
+/// `kernels.schedule` (matrix products) or `kernels.attention`: a lane or a workgroup per row.
+fn schedule(key: &str, v: &Value) -> Result<Schedule, JsValue> {
+    match v.as_str() {
+        Some("auto") => Ok(Schedule::Auto),
+        Some("lane") => Ok(Schedule::RowPerLane),
+        Some("workgroup") => Ok(Schedule::Workgroup),
+        _ => Err(invalid(format!("kernels.{key} must be \"auto\", \"lane\" or \"workgroup\", got {v}"))),
+    }
+}
+
+/// The matrix-product and attention schedules, rows per lane and prefill tile of `kernels`
+/// (benchmarks compare them; the defaults are the engine's choice for the adapter), and
+/// whether to time every dispatch (`profile`).
 fn kernel_options(mut o: GpuOptions, kernels: Option<&Value>) -> Result<(GpuOptions, bool), JsValue> {
     let mut profile = false;
     let Some(k) = kernels.filter(|k| !k.is_null()) else {
@@ -92,14 +102,8 @@ fn kernel_options(mut o: GpuOptions, kernels: Option<&Value>) -> Result<(GpuOpti
     for (key, v) in k {
         let n = || v.as_u64().and_then(|n| u32::try_from(n).ok());
         match key.as_str() {
-            "schedule" => {
-                o.matmul = match v.as_str() {
-                    Some("auto") => Schedule::Auto,
-                    Some("lane") => Schedule::RowPerLane,
-                    Some("workgroup") => Schedule::Workgroup,
-                    _ => return Err(invalid(format!("kernels.schedule must be \"auto\", \"lane\" or \"workgroup\", got {v}"))),
-                }
-            }
+            "schedule" => o.matmul = schedule(key, v)?,
+            "attention" => o.attention = schedule(key, v)?,
             "rowsPerLane" => o.rows_per_lane = n().filter(|n| [1, 2, 4].contains(n)).ok_or_else(|| invalid(format!("kernels.rowsPerLane must be 1, 2 or 4, got {v}")))?,
             "prefillTile" => o.prefill_tile = n().filter(|n| [1, 4, 8].contains(n)).ok_or_else(|| invalid(format!("kernels.prefillTile must be 1, 4 or 8, got {v}")))?,
             "activations" => {
@@ -107,7 +111,7 @@ fn kernel_options(mut o: GpuOptions, kernels: Option<&Value>) -> Result<(GpuOpti
                 o.activations = name.parse().map_err(|e| invalid(format!("kernels.{e}")))?;
             }
             "profile" => profile = v.as_bool().ok_or_else(|| invalid(format!("kernels.profile must be true or false, got {v}")))?,
-            _ => return Err(invalid(format!("unknown kernels option {key} (known: schedule, rowsPerLane, prefillTile, activations, profile)"))),
+            _ => return Err(invalid(format!("unknown kernels option {key} (known: schedule, attention, rowsPerLane, prefillTile, activations, profile)"))),
         }
     }
     Ok((o, profile))
@@ -127,7 +131,8 @@ pub struct Loader {
 #[wasm_bindgen]
 impl Loader {
     /// Opens the GPU and prepares the model. `options_json`: `{"context": tokens,
-    /// "f16": bool, "kernels": {"schedule": "auto" | "lane" | "workgroup", "rowsPerLane":
+    /// "f16": bool, "kernels": {"schedule": "auto" | "lane" | "workgroup", "attention": the
+    /// same, "rowsPerLane":
     /// 1 | 2 | 4, "prefillTile": 1 | 4 | 8, "activations": "auto" | "f32" | "int8" |
     /// "int8-decode", "profile": bool}}` (all optional; `kernels` is for benchmarks:
     /// `profile` times every dispatch, see `info().profile`).

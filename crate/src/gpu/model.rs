@@ -42,7 +42,8 @@ enum Op {
     /// `single`: only in steps whose products are not token-tiled (the tiled ones read f32 x).
     Quantize { cols: u32, single: bool },
     Rope,
-    /// Attention over one KV split per workgroup (see attention.wgsl), then the splits merged.
+    /// Attention over one KV split per workgroup (see attention.wgsl), then the splits merged;
+    /// or a lane per query or per split ([`LaneAttention`]).
     Attend,
     Combine,
     /// Penalty, greedy or top-k/top-p draw over the last logit row (see sample.wgsl).
@@ -70,6 +71,30 @@ pub fn kv_splits(tokens: usize, ctx: usize, heads: usize, part_rows: usize) -> (
     (ctx.div_ceil(split_len) as u32, split_len as u32)
 }
 
+/// Whether `attend_rows` (attention.wgsl: a lane per query, for CPU adapters) may walk `keys`
+/// keys of head dim `hd`. llvmpipe ends a shader invocation's loops after 65,535 iterations
+/// in all (silently: the output is left unwritten); the kernel spends about hd/4 before and
+/// after its key loop and hd/2 + 1 in each block of 8 keys. Measured on llvmpipe at hd 128:
+/// 7,500 keys run, 7,931 do not; the bound below counts 3 a block and stops at 60,000 (7,100
+/// keys at hd 128). Longer ranges run in `attend`.
+pub fn rows_attention_fits(keys: usize, hd: usize) -> bool {
+    hd % 4 == 0 && hd / 2 + 2 + keys.div_ceil(8) * (hd / 2 + 3) <= 60_000
+}
+
+/// The lane kernels of attention.wgsl, which CPU adapters run instead of `attend`: a lane per
+/// query in steps of several tokens (no combine after it), a lane per KV split in decode.
+struct LaneAttention {
+    rows: wgpu::ComputePipeline,
+    splits: wgpu::ComputePipeline,
+}
+
+/// How `attend_split_lanes` (decode on CPU adapters) splits `keys` keys over its 64 lanes:
+/// (splits, keys per split), whole blocks of 8 keys each.
+pub fn lane_splits(keys: usize) -> (u32, u32) {
+    let split_len = keys.div_ceil(64).next_multiple_of(8).max(8);
+    (keys.div_ceil(split_len) as u32, split_len as u32)
+}
+
 /// A weight tensor in GPU buffers: split by rows into chunks when it is larger than one
 /// storage binding may be (InternLM2-7B's output matrix is 213 MB at 4 bits; many devices
 /// bind at most 128 MiB). The feed-forward's w1 and w3 are stacked: each chunk holds its
@@ -89,12 +114,14 @@ struct WeightChunk {
     scales: wgpu::Buffer,
 }
 
-/// How the matrix products are scheduled (see matmul.wgsl).
+/// How the matrix products (matmul.wgsl), or the attention of steps of several tokens
+/// (attention.wgsl), are scheduled.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Schedule {
-    /// Chosen from the adapter.
+    /// Chosen from the adapter: a lane per row on CPU adapters, a workgroup per row on GPUs.
     #[default]
     Auto,
+    /// A lane per output row (of a product; a query's row in attention).
     RowPerLane,
     Workgroup,
 }
@@ -148,6 +175,8 @@ pub struct GpuOptions {
     /// storage-binding limit; tests force a small one).
     pub weight_binding_limit: Option<u64>,
     pub matmul: Schedule,
+    /// Attention in steps of several tokens (decode always splits the keys over workgroups).
+    pub attention: Schedule,
     /// Tokens per matrix-product tile in steps of several tokens: 1, 4 or 8.
     pub prefill_tile: u32,
     /// Rows each lane computes in the lane-per-row schedule: 1, 2 or 4.
@@ -157,7 +186,7 @@ pub struct GpuOptions {
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { context: 4096, chunk: 128, logit_rows: 8, weight_binding_limit: None, matmul: Schedule::Auto, prefill_tile: 8, rows_per_lane: 4, activations: Activations::Auto }
+        GpuOptions { context: 4096, chunk: 128, logit_rows: 8, weight_binding_limit: None, matmul: Schedule::Auto, attention: Schedule::Auto, prefill_tile: 8, rows_per_lane: 4, activations: Activations::Auto }
     }
 }
 
@@ -201,6 +230,7 @@ pub struct GpuModel {
     chosen_staging: wgpu::Buffer,
     /// Rows of the attention partials buffer (tokens × splits).
     part_rows: usize,
+    lane_attention: Option<LaneAttention>,
     prefill_tile: u32,
     /// What the q4 products multiply with (never `Auto`: the choice made for the adapter).
     pub activations: Activations,
@@ -248,6 +278,11 @@ impl GpuModel {
             Schedule::Workgroup => false,
         };
         let cpu = gpu.adapter_info.device_type == wgpu::DeviceType::Cpu;
+        let lane_attention = match options.attention {
+            Schedule::Auto => cpu,
+            Schedule::RowPerLane => true,
+            Schedule::Workgroup => false,
+        };
         let activations = match options.activations {
             Activations::Auto if !(cpu && row_per_lane && gpu.packed_dot) => Activations::F32,
             Activations::Auto if gpu.adapter_info.backend == wgpu::Backend::BrowserWebGpu => Activations::Int8Decode,
@@ -424,6 +459,14 @@ impl GpuModel {
             push_matmul(dev, &mut pipelines, kernel, &mut steps, "w1+w3", (&xn, &xq), w13, &act, h, Epilogue::Glu)?;
             push_matmul(dev, &mut pipelines, kernel, &mut steps, "w2", (&act, &xq), w2, &x, i, Epilogue::Add)?;
         }
+        // The lane kernels of CPU adapters (same bindings: they run with the attend steps' groups).
+        let lane_attention = match lane_attention && hd % 4 == 0 {
+            true => Some(LaneAttention {
+                rows: pipelines.get(dev, "attention", shaders::ATTENTION, "attend_rows", kv_define, &attn_layout)?,
+                splits: pipelines.get(dev, "attention", shaders::ATTENTION, "attend_split_lanes", kv_define, &attn_layout)?,
+            }),
+            false => None,
+        };
         // The last rows of x are copied to x_last before these (see `step`).
         let head = steps.len();
         steps.push(("final_norm", Op::Norm, pipelines.get(dev, "norm", shaders::NORM, "rms_norm", &[], &norm_layout)?, None, vec![&x_last, &final_norm, &xn]));
@@ -505,6 +548,7 @@ impl GpuModel {
             chosen,
             chosen_staging,
             part_rows,
+            lane_attention,
             prefill_tile,
             activations,
             memory: Memory { weights: weights_bytes, decode_read: weights_bytes - embedding_bytes, kv_cache, scratch: allocated.get() - weights_bytes - kv_cache },
@@ -630,7 +674,16 @@ impl GpuModel {
         let ctx = pos0 + t;
         let (h, hd) = (c.hidden_size as u32, c.head_dim as u32);
         let (nh, nkv) = (c.num_heads as u32, c.num_kv_heads as u32);
-        let (splits, split_len) = kv_splits(tokens.len(), ctx as usize, c.num_heads, self.part_rows);
+        // Attention a lane per query (then no combine) or per split, on CPU adapters.
+        let lanes = self.lane_attention.as_ref().and_then(|a| match t {
+            1 => Some((&a.splits, false)),
+            _ if rows_attention_fits(ctx as usize, c.head_dim) => Some((&a.rows, true)),
+            _ => None,
+        });
+        let (splits, split_len) = match lanes {
+            Some((_, false)) => lane_splits(ctx as usize),
+            _ => kv_splits(tokens.len(), ctx as usize, c.num_heads, self.part_rows),
+        };
         let q = &self.gpu.queue;
         q.write_buffer(&self.tokens, 0, bytemuck::cast_slice(tokens));
         let table: Vec<f32> = (0..tokens.len())
@@ -688,6 +741,9 @@ impl GpuModel {
             if matches!(step.op, Op::Quantize { single: true, .. }) && tile > 1 {
                 continue; // the tiled products read f32 x
             }
+            if matches!(step.op, Op::Combine) && matches!(lanes, Some((_, true))) {
+                continue; // the lane-per-query attention wrote its output itself
+            }
             let groups = match step.op {
                 Op::Embed { .. } => [h.div_ceil(64), n, 1],
                 Op::Norm => [n, 1, 1],
@@ -702,7 +758,13 @@ impl GpuModel {
                 }
                 Op::Quantize { cols, .. } => [(cols / 32).div_ceil(64), n, 1],
                 Op::Rope => [(hd / 2).div_ceil(64), c.kv_group() as u32 + 2, nkv * n],
-                Op::Attend => [splits, n, nh],
+                Op::Attend => match lanes {
+                    Some((p, per_query)) => {
+                        pipeline = p;
+                        if per_query { [n.div_ceil(64), nh, 1] } else { [nh, 1, 1] }
+                    }
+                    None => [splits, n, nh],
+                },
                 Op::Combine => [n, nh, 1],
                 Op::Sample => unreachable!("not in steps"),
             };
