@@ -202,13 +202,30 @@ fn v4(i: u32) -> vec4<f32> {
     return vec4(f32(v_cache[i]), f32(v_cache[i + 1u]), f32(v_cache[i + 2u]), f32(v_cache[i + 3u]));
 }
 
-// Steps of several tokens. x: block of 64 tokens, y: head n; a lane per query t.
-// The lanes are consecutive queries of one head and walk the same keys in step (those of the
-// workgroup's last query, so the loop is uniform): each K and V load is one value broadcast
-// to the lanes. Writes `out` itself: no combine follows.
+// Writes the lane's (o, m, l) as split s of query row `row` for `combine`.
+fn store_partial(row: u32, s: u32, ml: vec2<f32>) {
+    let hd = p.head_dim;
+    let pb = (row * p.splits + s) * (hd + 2u);
+    for (var i = 0u; i < hd / 4u; i++) {
+        part[pb + 4u * i] = lane_o[i].x;
+        part[pb + 4u * i + 1u] = lane_o[i].y;
+        part[pb + 4u * i + 2u] = lane_o[i].z;
+        part[pb + 4u * i + 3u] = lane_o[i].w;
+    }
+    part[pb + hd] = ml.x;
+    part[pb + hd + 1u] = ml.y;
+}
+
+// Steps of several tokens. x: block of 64 tokens, y: head n, z: KV split s; a lane per
+// query t. The lanes are consecutive queries of one head and walk the same keys in step
+// (those of the workgroup's last query within the split, so the loop is uniform): each K and
+// V load is one value broadcast to the lanes. With one split it writes `out` itself and no
+// combine follows; ranges longer than a lane may walk on llvmpipe are split (`rows_splits`)
+// and leave partials for `combine`.
 @compute @workgroup_size(64)
 fn attend_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
     let n = wg.y;
+    let s = wg.z;
     let t = wg.x * LANES + lane;
     if (t >= p.tokens) {
         return; // (a CPU driver skips SIMD slots whose lanes have all returned)
@@ -216,7 +233,14 @@ fn attend_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     let t_hi = min(wg.x * LANES + LANES, p.tokens) - 1u;
     let row = t * p.heads + n;
     start_query(row);
-    let ml = walk_keys(0u, p.pos0 + t_hi + 1u, p.pos0 + t, n / (p.heads / p.kv_heads));
+    let start = s * p.split_len;
+    let end = min(start + p.split_len, p.pos0 + t_hi + 1u);
+    // A lane whose keys all lie before `start` keeps l = 0: combine skips its split.
+    let ml = walk_keys(start, end, p.pos0 + t, n / (p.heads / p.kv_heads));
+    if (p.splits > 1u) {
+        store_partial(row, s, ml);
+        return;
+    }
     let ob = row * p.head_dim;
     for (var i = 0u; i < p.head_dim / 4u; i++) {
         let y = lane_o[i] / ml.y;
@@ -236,24 +260,11 @@ fn attend_split_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoc
     if (s >= p.splits) {
         return;
     }
-    let hd = p.head_dim;
-    let pb = (n * p.splits + s) * (hd + 2u);
+    start_query(n);
     let start = s * p.split_len;
     let end = min(start + p.split_len, p.pos0 + 1u);
-    if (start >= end) {
-        part[pb + hd + 1u] = 0.0; // an empty split (combine skips it)
-        return;
-    }
-    start_query(n);
-    let ml = walk_keys(start, end, end - 1u, n / (p.heads / p.kv_heads));
-    for (var i = 0u; i < hd / 4u; i++) {
-        part[pb + 4u * i] = lane_o[i].x;
-        part[pb + 4u * i + 1u] = lane_o[i].y;
-        part[pb + 4u * i + 2u] = lane_o[i].z;
-        part[pb + 4u * i + 3u] = lane_o[i].w;
-    }
-    part[pb + hd] = ml.x;
-    part[pb + hd + 1u] = ml.y;
+    // An empty split keeps l = 0: combine skips it.
+    store_partial(n, s, walk_keys(start, end, p.pos0, n / (p.heads / p.kv_heads)));
 }
 
 // x: token t, y: head n; lanes over head dims.

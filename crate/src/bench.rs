@@ -234,17 +234,22 @@ pub fn kernels(gpu: &crate::gpu::Gpu, config: &crate::ModelConfig, prefill: usiz
             groups,
         };
         let mut variants = vec![(format!("{splits} split(s), combine{f16}"), lab::time(gpu, &launch("attend", [splits, t as u32, nh as u32]), 3)? + lab::time(gpu, &launch("combine", [t as u32, nh as u32, 1]), 3)?)];
-        if t > 1 && crate::gpu::model::rows_attention_fits(keys, hd) {
-            variants.push((format!("lane per query{f16}"), lab::time(gpu, &launch("attend_rows", [t.div_ceil(64) as u32, nh as u32, 1]), 3)?));
-        }
-        if t == 1 && hd % 4 == 0 {
-            let (splits, split_len) = crate::gpu::model::lane_splits(keys);
-            let mut l = launch("attend_split_lanes", [nh as u32, 1, 1]);
+        // The lane kernels: a lane per query (one split here) or per split in decode.
+        let lanes = match t {
+            1 => crate::gpu::model::lane_splits(keys, hd).map(|sp| ("attend_split_lanes", sp, [nh as u32, 1, 1])),
+            _ => crate::gpu::model::rows_splits(keys, hd, 1).map(|sp| ("attend_rows", sp, [t.div_ceil(64) as u32, nh as u32, 1])),
+        };
+        if let Some((entry, (splits, split_len), groups)) = lanes {
+            let mut l = launch(entry, groups);
             l.params[5..7].copy_from_slice(&[splits, split_len]);
-            let s = lab::time(gpu, &l, 3)?;
-            l.entry = "combine";
-            l.groups = [1, nh as u32, 1];
-            variants.push((format!("lane per split ({splits}), combine{f16}"), s + lab::time(gpu, &l, 3)?));
+            let mut s = lab::time(gpu, &l, 3)?;
+            if t == 1 {
+                l.entry = "combine";
+                l.groups = [1, nh as u32, 1];
+                s += lab::time(gpu, &l, 3)?;
+            }
+            let variant = if t == 1 { format!("lane per split ({splits}), combine{f16}") } else { format!("lane per query{f16}") };
+            variants.push((variant, s));
         }
         // Causal: query i reads pos0 + i + 1 keys.
         let pairs = (t * pos0 + t * (t + 1) / 2) as f64;

@@ -71,14 +71,35 @@ pub fn kv_splits(tokens: usize, ctx: usize, heads: usize, part_rows: usize) -> (
     (ctx.div_ceil(split_len) as u32, split_len as u32)
 }
 
-/// Whether `attend_rows` (attention.wgsl: a lane per query, for CPU adapters) may walk `keys`
-/// keys of head dim `hd`. llvmpipe ends a shader invocation's loops after 65,535 iterations
-/// in all (silently: the output is left unwritten); the kernel spends about hd/4 before and
-/// after its key loop and hd/2 + 1 in each block of 8 keys. Measured on llvmpipe at hd 128:
-/// 7,500 keys run, 7,931 do not; the bound below counts 3 a block and stops at 60,000 (7,100
-/// keys at hd 128). Longer ranges run in `attend`.
-pub fn rows_attention_fits(keys: usize, hd: usize) -> bool {
-    hd % 4 == 0 && hd / 2 + 2 + keys.div_ceil(8) * (hd / 2 + 3) <= 60_000
+/// Keys one lane of attention.wgsl's lane kernels may walk at head dim `hd`. llvmpipe ends
+/// a shader invocation's loops after 65,535 iterations in all (silently: the output is left
+/// unwritten); a lane spends about hd/4 before and after its key loop and hd/2 + 1 in each
+/// block of 8 keys. Measured on llvmpipe at hd 128: 7,500 keys ran, 7,931 did not; the bound
+/// counts 3 a block and stops at 60,000 (7,152 keys at hd 128).
+pub fn lane_keys(hd: usize) -> usize {
+    (60_000 - hd / 2 - 2) / (hd / 2 + 3) * 8
+}
+
+/// How `attend_rows` (a lane per query, in steps of several tokens) splits `keys` keys so that
+/// no lane walks more than [`lane_keys`]: (splits, keys per split, a multiple of 8); none where
+/// it cannot run (head dim not a multiple of 4) or would need more than `most` splits.
+pub fn rows_splits(keys: usize, hd: usize, most: usize) -> Option<(u32, u32)> {
+    if hd % 4 != 0 || keys == 0 {
+        return None;
+    }
+    let splits = keys.div_ceil(lane_keys(hd));
+    if splits > most {
+        return None;
+    }
+    let split_len = keys.div_ceil(splits).next_multiple_of(8);
+    Some((keys.div_ceil(split_len) as u32, split_len as u32))
+}
+
+/// How `attend_split_lanes` (decode) splits `keys` keys over its 64 lanes: (splits, keys per
+/// split, whole blocks of 8); none where a split would be longer than a lane may walk.
+pub fn lane_splits(keys: usize, hd: usize) -> Option<(u32, u32)> {
+    let split_len = keys.div_ceil(64).next_multiple_of(8).max(8);
+    (hd % 4 == 0 && split_len <= lane_keys(hd)).then(|| (keys.div_ceil(split_len) as u32, split_len as u32))
 }
 
 /// The lane kernels of attention.wgsl, which CPU adapters run instead of `attend`: a lane per
@@ -86,13 +107,6 @@ pub fn rows_attention_fits(keys: usize, hd: usize) -> bool {
 struct LaneAttention {
     rows: wgpu::ComputePipeline,
     splits: wgpu::ComputePipeline,
-}
-
-/// How `attend_split_lanes` (decode on CPU adapters) splits `keys` keys over its 64 lanes:
-/// (splits, keys per split), whole blocks of 8 keys each.
-pub fn lane_splits(keys: usize) -> (u32, u32) {
-    let split_len = keys.div_ceil(64).next_multiple_of(8).max(8);
-    (keys.div_ceil(split_len) as u32, split_len as u32)
 }
 
 /// A weight tensor in GPU buffers: split by rows into chunks when it is larger than one
@@ -311,7 +325,11 @@ impl GpuModel {
         let chunk = chunk.max(1);
         // The logits [logit_rows, V] must fit one binding.
         let logit_rows = options.logit_rows.clamp(1, chunk).min((max_binding / (v * 4).max(1) as u64).max(1) as usize);
-        let part_rows = chunk.max(64);
+        // Partials: tokens × splits rows; the lane-per-query attention splits past `lane_keys`.
+        let part_rows = match lane_attention {
+            true => chunk.max(64) * context.div_ceil(lane_keys(hd)),
+            false => chunk.max(64),
+        };
         let kv_bytes = if gpu.f16 { 2 } else { 4 };
         // Each layer's K (and V) cache is one binding.
         let kv_layer = (context as u64).saturating_mul((nkv * hd * kv_bytes) as u64);
@@ -674,16 +692,18 @@ impl GpuModel {
         let ctx = pos0 + t;
         let (h, hd) = (c.hidden_size as u32, c.head_dim as u32);
         let (nh, nkv) = (c.num_heads as u32, c.num_kv_heads as u32);
-        // Attention a lane per query (then no combine) or per split, on CPU adapters.
+        // On CPU adapters attention runs a lane per split in decode, a lane per query in
+        // steps of several tokens: (pipeline, its splits).
         let lanes = self.lane_attention.as_ref().and_then(|a| match t {
-            1 => Some((&a.splits, false)),
-            _ if rows_attention_fits(ctx as usize, c.head_dim) => Some((&a.rows, true)),
-            _ => None,
+            1 => lane_splits(ctx as usize, c.head_dim).map(|sp| (&a.splits, sp)),
+            _ => rows_splits(ctx as usize, c.head_dim, self.part_rows / t as usize).map(|sp| (&a.rows, sp)),
         });
         let (splits, split_len) = match lanes {
-            Some((_, false)) => lane_splits(ctx as usize),
-            _ => kv_splits(tokens.len(), ctx as usize, c.num_heads, self.part_rows),
+            Some((_, sp)) => sp,
+            None => kv_splits(tokens.len(), ctx as usize, c.num_heads, self.part_rows),
         };
+        // A lane per query over one split writes the output itself: no combine.
+        let no_combine = t > 1 && lanes.is_some() && splits == 1;
         let q = &self.gpu.queue;
         q.write_buffer(&self.tokens, 0, bytemuck::cast_slice(tokens));
         let table: Vec<f32> = (0..tokens.len())
@@ -741,7 +761,7 @@ impl GpuModel {
             if matches!(step.op, Op::Quantize { single: true, .. }) && tile > 1 {
                 continue; // the tiled products read f32 x
             }
-            if matches!(step.op, Op::Combine) && matches!(lanes, Some((_, true))) {
+            if matches!(step.op, Op::Combine) && no_combine {
                 continue; // the lane-per-query attention wrote its output itself
             }
             let groups = match step.op {
@@ -759,9 +779,9 @@ impl GpuModel {
                 Op::Quantize { cols, .. } => [(cols / 32).div_ceil(64), n, 1],
                 Op::Rope => [(hd / 2).div_ceil(64), c.kv_group() as u32 + 2, nkv * n],
                 Op::Attend => match lanes {
-                    Some((p, per_query)) => {
+                    Some((p, _)) => {
                         pipeline = p;
-                        if per_query { [n.div_ceil(64), nh, 1] } else { [nh, 1, 1] }
+                        if n > 1 { [n.div_ceil(64), nh, splits] } else { [nh, 1, 1] }
                     }
                     None => [splits, n, nh],
                 },
