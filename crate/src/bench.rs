@@ -154,7 +154,7 @@ pub fn kernels(gpu: &crate::gpu::Gpu, config: &crate::ModelConfig, prefill: usiz
     let mut schedules = vec!["ROW_PER_LANE", "ROW_PER_LANE+ROWS2", "ROW_PER_LANE+ROWS2+ROWS4", ""];
     if gpu.packed_dot {
         // The integer products on 8-bit activations.
-        schedules.push("ROW_PER_LANE+ROWS2+ROWS4+XQ8");
+        schedules.extend(["ROW_PER_LANE+ROWS2+XQ8", "ROW_PER_LANE+ROWS2+ROWS4+XQ8"]);
     }
     if gpu.subgroups {
         schedules.push("SUBGROUPS");

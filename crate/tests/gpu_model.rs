@@ -196,7 +196,7 @@ fn few_logit_rows_give_the_same_logits() {
 #[test]
 fn both_matmul_schedules() {
     for rows_per_lane in [1, 2, 4] {
-        check_with(TINY, Quant::Q8, GpuOptions { matmul: Schedule::RowPerLane, rows_per_lane, ..sized(256, 64) }, FeatureWish::default());
+        check_with(TINY, Quant::Q8, GpuOptions { matmul: Schedule::RowPerLane, rows_per_lane: Some(rows_per_lane), ..sized(256, 64) }, FeatureWish::default());
     }
     for wish in [FeatureWish::default(), FeatureWish::PORTABLE] {
         check_with(TINY, Quant::Q8, GpuOptions { matmul: Schedule::Workgroup, ..sized(256, 64) }, wish);

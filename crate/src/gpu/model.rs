@@ -36,8 +36,9 @@ enum Op {
     Embed { row0: u32, rows: u32 },
     Norm,
     /// Rows [row0, row0 + rows) of a matrix with `total` rows (one buffer of it).
-    /// `per_lane`: output rows per lane in the lane-per-row schedule, 0 in the workgroup one.
-    Matmul { row0: u32, rows: u32, total: u32, cols: u32, per_lane: u32 },
+    /// `per_lane`: output rows per lane in the lane-per-row schedule (one-token, tiled), 0 in
+    /// the workgroup one.
+    Matmul { row0: u32, rows: u32, total: u32, cols: u32, per_lane: (u32, u32) },
     /// Rows of `cols` activations to 8-bit integers for the integer q4 products (quantize.wgsl);
     /// `single`: only in steps whose products are not token-tiled (the tiled ones read f32 x).
     Quantize { cols: u32, single: bool },
@@ -189,18 +190,21 @@ pub struct GpuOptions {
     /// storage-binding limit; tests force a small one).
     pub weight_binding_limit: Option<u64>,
     pub matmul: Schedule,
-    /// Attention in steps of several tokens (decode always splits the keys over workgroups).
+    /// Attention: a lane per query in steps of several tokens and per KV split in decode, or a
+    /// workgroup per query and split.
     pub attention: Schedule,
     /// Tokens per matrix-product tile in steps of several tokens: 1, 4 or 8.
     pub prefill_tile: u32,
-    /// Rows each lane computes in the lane-per-row schedule: 1, 2 or 4.
-    pub rows_per_lane: u32,
+    /// Rows each lane computes in the lane-per-row schedule: 1, 2 or 4; `None`: 4 in the tiled
+    /// products, and in one-token products 2 on a browser's CPU adapter (SwiftShader, whose
+    /// code generator spills 4 rows' state) and 4 elsewhere.
+    pub rows_per_lane: Option<u32>,
     pub activations: Activations,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { context: 4096, chunk: 128, logit_rows: 8, weight_binding_limit: None, matmul: Schedule::Auto, attention: Schedule::Auto, prefill_tile: 8, rows_per_lane: 4, activations: Activations::Auto }
+        GpuOptions { context: 4096, chunk: 128, logit_rows: 8, weight_binding_limit: None, matmul: Schedule::Auto, attention: Schedule::Auto, prefill_tile: 8, rows_per_lane: None, activations: Activations::Auto }
     }
 }
 
@@ -292,6 +296,7 @@ impl GpuModel {
             Schedule::Workgroup => false,
         };
         let cpu = gpu.adapter_info.device_type == wgpu::DeviceType::Cpu;
+        let browser = gpu.adapter_info.backend == wgpu::Backend::BrowserWebGpu;
         let lane_attention = match options.attention {
             Schedule::Auto => cpu,
             Schedule::RowPerLane => true,
@@ -299,7 +304,7 @@ impl GpuModel {
         };
         let activations = match options.activations {
             Activations::Auto if !(cpu && row_per_lane && gpu.packed_dot) => Activations::F32,
-            Activations::Auto if gpu.adapter_info.backend == wgpu::Backend::BrowserWebGpu => Activations::Int8Decode,
+            Activations::Auto if browser => Activations::Int8Decode,
             Activations::Auto => Activations::Int8,
             Activations::F32 => Activations::F32,
             _ if !row_per_lane => return Err(Error::Gpu("8-bit activations need the lane-per-row schedule".into())),
@@ -313,9 +318,12 @@ impl GpuModel {
         if hd > 256 {
             return Err(Error::Gpu(format!("head_dim {hd} is over the attention kernel's 256")));
         }
-        if ![1, 2, 4].contains(&options.rows_per_lane) {
-            return Err(Error::Gpu(format!("rows_per_lane must be 1, 2 or 4, not {}", options.rows_per_lane)));
-        }
+        let (rows_single, rows_tiles) = match options.rows_per_lane {
+            Some(n) if ![1, 2, 4].contains(&n) => return Err(Error::Gpu(format!("rows_per_lane must be 1, 2 or 4, not {n}"))),
+            Some(n) => (n, n),
+            None if cpu && browser => (2, 4),
+            None => (4, 4),
+        };
         let prefill_tile = options.prefill_tile;
         if ![1, 4, 8].contains(&prefill_tile) {
             return Err(Error::Gpu(format!("prefill_tile must be 1, 4 or 8, not {prefill_tile}")));
@@ -412,8 +420,8 @@ impl GpuModel {
         };
 
         let mut pipelines = Pipelines::default();
-        let per_lane = if row_per_lane { options.rows_per_lane } else { 0 };
-        let kernel = MatmulKernel { per_lane, subgroups: gpu.subgroups, tile: prefill_tile, int8_single: int8, int8_tiles: activations == Activations::Int8 };
+        let per_lane = |n| if row_per_lane { n } else { 0 };
+        let kernel = MatmulKernel { per_lane: (per_lane(rows_single), per_lane(rows_tiles)), subgroups: gpu.subgroups, tile: prefill_tile, int8_single: int8, int8_tiles: activations == Activations::Int8 };
         let mut steps: Vec<StepSpec> = Vec::new();
         // Built first so the borrows below can refer to them.
         let embedding = weight("model.tok_embeddings.weight")?;
@@ -767,7 +775,8 @@ impl GpuModel {
             let groups = match step.op {
                 Op::Embed { .. } => [h.div_ceil(64), n, 1],
                 Op::Norm => [n, 1, 1],
-                Op::Matmul { rows, per_lane, .. } => {
+                Op::Matmul { rows, per_lane: (single, tiled), .. } => {
+                    let per_lane = if tile > 1 { tiled } else { single };
                     if tile > 1 {
                         let (p, own) = step.tiled.as_ref().expect("matmul steps have a tiled pipeline");
                         pipeline = p;
@@ -825,8 +834,9 @@ type StepSpec<'b> = (&'static str, Op, wgpu::ComputePipeline, Option<(wgpu::Comp
 /// Which matmul.wgsl variant the matrix products use.
 #[derive(Clone, Copy)]
 struct MatmulKernel {
-    /// Rows per lane in the lane-per-row schedule; 0: a workgroup per row.
-    per_lane: u32,
+    /// Rows per lane in the lane-per-row schedule, in one-token and in tiled products; 0: a
+    /// workgroup per row.
+    per_lane: (u32, u32),
     subgroups: bool,
     /// Tokens per tile in steps of several tokens.
     tile: u32,
@@ -865,10 +875,11 @@ fn push_matmul<'b>(
     let binds = [Bind::Read, Bind::Read, Bind::Read, Bind::Write, Bind::Uniform];
     // Weight rows per lane; with GLU each output row is two of them (its gate and up rows).
     let glu = epilogue == Epilogue::Glu;
-    let per_lane = if glu && kernel.per_lane > 0 { kernel.per_lane.max(2) } else { kernel.per_lane };
+    let rows_per_lane = |n: u32| if glu && n > 0 { n.max(2) } else { n };
     let q4 = w.quant == Quant::Q4;
     let (int8_single, int8_tiles) = (kernel.int8_single && q4, kernel.int8_tiles && q4);
     let defines = |tile: u32, int8: bool| -> Result<Vec<&'static str>> {
+        let per_lane = rows_per_lane(if tile > 1 { kernel.per_lane.1 } else { kernel.per_lane.0 });
         let mut defs = vec![quant_define(w.quant)?];
         if int8 {
             defs.push("XQ8");
@@ -896,14 +907,15 @@ fn push_matmul<'b>(
     };
     let pipeline = pl.get(dev, "matmul", shaders::MATMUL, "matmul", &defines(1, int8_single)?, &binds)?;
     let tiled = pl.get(dev, "matmul", shaders::MATMUL, "matmul", &defines(kernel.tile, int8_tiles)?, &binds)?;
-    let outputs_per_lane = if glu { per_lane / 2 } else { per_lane };
+    let outputs_per_lane = |n: u32| if glu { rows_per_lane(n) / 2 } else { n };
+    let per_lane = (outputs_per_lane(kernel.per_lane.0), outputs_per_lane(kernel.per_lane.1));
     if int8_single || int8_tiles {
         let quantize = pl.get(dev, "quantize", shaders::QUANTIZE, "quantize", &[], &[Bind::Read, Bind::Write, Bind::Uniform])?;
         steps.push(("quantize", Op::Quantize { cols: cols as u32, single: !int8_tiles }, quantize, None, vec![x, xq]));
     }
     let input = |int8: bool| if int8 { xq } else { x };
     for c in &w.chunks {
-        let op = Op::Matmul { row0: c.row0 as u32, rows: c.rows as u32, total: w.rows as u32, cols: cols as u32, per_lane: outputs_per_lane };
+        let op = Op::Matmul { row0: c.row0 as u32, rows: c.rows as u32, total: w.rows as u32, cols: cols as u32, per_lane };
         let tiled_buffers = (int8_tiles != int8_single).then(|| vec![input(int8_tiles), &c.data, &c.scales, y]);
         steps.push((name, op, pipeline.clone(), Some((tiled.clone(), tiled_buffers)), vec![input(int8_single), &c.data, &c.scales, y]));
     }
