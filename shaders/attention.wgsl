@@ -125,7 +125,7 @@ fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
 // lane keeps its own online softmax over its keys, with no barrier. On GPUs the two private
 // hd-float rows would spill out of registers, so there `attend` runs. llvmpipe ends a shader
 // invocation's loops after 65,535 iterations in all, so the loops are few and wide: hd/2 + 1
-// iterations a block of 8 keys (see `rows_attention_fits` in model.rs).
+// iterations a block of 8 keys (see `lane_keys` in model.rs).
 
 // A lane's query row and its unnormalised output.
 var<private> lane_q: array<vec4<f32>, 64>;
