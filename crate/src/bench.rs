@@ -205,6 +205,9 @@ pub fn kernels(gpu: &crate::gpu::Gpu, config: &crate::ModelConfig, prefill: usiz
             }
         }
     }
+    if !wanted("attention attend") {
+        return Ok(rows);
+    }
     // Attention: decode over a long cache, split over workgroups as the engine splits it
     // and a lane per split (CPU adapters); a prompt of `prefill` tokens on an empty cache and
     // after ctx − prefill tokens, a workgroup per query (then the combine) and a lane per query

@@ -129,8 +129,7 @@ struct WeightChunk {
     scales: wgpu::Buffer,
 }
 
-/// How the matrix products (matmul.wgsl), or the attention of steps of several tokens
-/// (attention.wgsl), are scheduled.
+/// How the matrix products (matmul.wgsl), or attention (attention.wgsl), are scheduled.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Schedule {
     /// Chosen from the adapter: a lane per row on CPU adapters, a workgroup per row on GPUs.
