@@ -296,11 +296,13 @@ impl GpuModel {
         };
         let cpu = gpu.adapter_info.device_type == wgpu::DeviceType::Cpu;
         let browser = gpu.adapter_info.backend == wgpu::Backend::BrowserWebGpu;
-        let lane_attention = match options.attention {
-            Schedule::Auto => cpu,
-            Schedule::RowPerLane => true,
-            Schedule::Workgroup => false,
-        };
+        // The lane attention kernels read K and V 4 dims at a time.
+        let lane_attention = config.head_dim % 4 == 0
+            && match options.attention {
+                Schedule::Auto => cpu,
+                Schedule::RowPerLane => true,
+                Schedule::Workgroup => false,
+            };
         let activations = match options.activations {
             Activations::Auto if !(cpu && row_per_lane && gpu.packed_dot) => Activations::F32,
             Activations::Auto if browser => Activations::Int8Decode,
@@ -485,7 +487,7 @@ impl GpuModel {
             push_matmul(dev, &mut pipelines, kernel, &mut steps, "w2", (&act, &xq), w2, &x, i, Epilogue::Add)?;
         }
         // The lane kernels of CPU adapters (same bindings: they run with the attend steps' groups).
-        let lane_attention = match lane_attention && hd % 4 == 0 {
+        let lane_attention = match lane_attention {
             true => Some(LaneAttention {
                 rows: pipelines.get(dev, "attention", shaders::ATTENTION, "attend_rows", kv_define, &attn_layout)?,
                 splits: pipelines.get(dev, "attention", shaders::ATTENTION, "attend_split_lanes", kv_define, &attn_layout)?,
@@ -700,13 +702,13 @@ impl GpuModel {
         let (h, hd) = (c.hidden_size as u32, c.head_dim as u32);
         let (nh, nkv) = (c.num_heads as u32, c.num_kv_heads as u32);
         // On CPU adapters attention runs a lane per split in decode, a lane per query in
-        // steps of several tokens: (pipeline, its splits).
+        // steps of several tokens: (pipeline, its splits, its workgroups).
         let lanes = self.lane_attention.as_ref().and_then(|a| match t {
-            1 => lane_splits(ctx as usize, c.head_dim).map(|sp| (&a.splits, sp)),
-            _ => rows_splits(ctx as usize, c.head_dim, self.part_rows / t as usize).map(|sp| (&a.rows, sp)),
+            1 => lane_splits(ctx as usize, c.head_dim).map(|sp| (&a.splits, sp, [nh, 1, 1])),
+            _ => rows_splits(ctx as usize, c.head_dim, self.part_rows / t as usize).map(|sp| (&a.rows, sp, [t.div_ceil(64), nh, sp.0])),
         });
         let (splits, split_len) = match lanes {
-            Some((_, sp)) => sp,
+            Some((_, sp, _)) => sp,
             None => kv_splits(tokens.len(), ctx as usize, c.num_heads, self.part_rows),
         };
         // A lane per query over one split writes the output itself: no combine.
@@ -787,9 +789,9 @@ impl GpuModel {
                 Op::Quantize { cols, .. } => [(cols / 32).div_ceil(64), n, 1],
                 Op::Rope => [(hd / 2).div_ceil(64), c.kv_group() as u32 + 2, nkv * n],
                 Op::Attend => match lanes {
-                    Some((p, _)) => {
+                    Some((p, _, groups)) => {
                         pipeline = p;
-                        if n > 1 { [n.div_ceil(64), nh, splits] } else { [nh, 1, 1] }
+                        groups
                     }
                     None => [splits, n, nh],
                 },
