@@ -117,7 +117,7 @@ fn write_model(
     sentencepiece: Option<&[u8]>,
     out_dir: &Path,
     options: &ConvertOptions,
-    rows: impl Fn(usize, std::ops::Range<usize>, usize) -> Result<Vec<f32>>,
+    rows: impl Fn(usize, std::ops::Range<usize>, usize) -> Result<Vec<f32>> + Sync,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<Manifest> {
     let tensors: Vec<_> = expected_tensors(config)
@@ -134,6 +134,7 @@ fn write_model(
         std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let total: u64 = plans.iter().map(|p| p.size).sum();
         let mut done = 0u64;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         for (s, shard) in plans.iter().enumerate() {
             let path = tmp.join(&manifest.shards[s].file);
             let file = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
@@ -144,17 +145,26 @@ fn write_model(
                 let part = &entry.parts[blob.part];
                 let (_, cols) = matrix_dims(&entry.shape);
                 let block_rows = (BLOCK_BYTES / (cols * 4)).max(1);
-                let mut row = part.rows[0];
-                while row < part.rows[1] {
-                    let end = part.rows[1].min(row + block_rows);
-                    let x = rows(blob.tensor, row..end, cols)?;
+                // Blocks are read (or drawn) and quantized on every core, a batch at a time,
+                // and written in order.
+                let block = |row: usize| -> Result<Vec<u8>> {
+                    let x = rows(blob.tensor, row..part.rows[1].min(row + block_rows), cols)?;
                     let (mut data, mut scales) = (Vec::new(), Vec::new());
                     entry.quant.quantize(&x, cols, &mut data, &mut scales);
-                    let bytes = if blob.scales { scales } else { data };
-                    out.write(&bytes)?;
-                    done += bytes.len() as u64;
-                    progress(done, total);
-                    row = end;
+                    Ok(if blob.scales { scales } else { data })
+                };
+                let starts: Vec<usize> = (part.rows[0]..part.rows[1]).step_by(block_rows).collect();
+                for batch in starts.chunks(threads) {
+                    let blocks: Vec<Result<Vec<u8>>> = std::thread::scope(|s| {
+                        let workers: Vec<_> = batch.iter().map(|&row| s.spawn(move || block(row))).collect();
+                        workers.into_iter().map(|w| w.join().expect("a conversion worker panicked")).collect()
+                    });
+                    for bytes in blocks {
+                        let bytes = bytes?;
+                        out.write(&bytes)?;
+                        done += bytes.len() as u64;
+                        progress(done, total);
+                    }
                 }
             }
             manifest.shards[s].sha256 = out.finish()?;

@@ -10,10 +10,12 @@
 # Everything it builds or writes stays in ${PUYU_PEERS_CACHE:-~/.cache/puyu-peers} and is
 # reused by later runs (never committed):
 #  - llama.cpp from the llama-cpp-python sdist on PyPI (it vendors llama.cpp), built with
-#    Vulkan: llama-bench and llama-quantize (~5 minutes once; needs cmake, ninja, glslc and the
-#    Vulkan headers from Debian, installed if missing);
+#    Vulkan: llama-bench (~5 minutes once; needs cmake, ninja, glslc and the Vulkan headers
+#    from Debian, installed if missing);
 #  - the random checkpoint of the shape (`puyu dev write-random`, bf16 HF), as a puyu q4
-#    folder (`puyu convert`) and as an all-Q4_0 GGUF (make_gguf.py, then llama-quantize --pure);
+#    folder (`puyu convert`), and that folder as an all-Q4_0 GGUF (make_gguf.py --q4: the same
+#    blocks bit for bit, only reordered; byte-identical to `llama-quantize --pure … Q4_0` of
+#    the bf16 checkpoint, checked on the tiny model);
 #  - a Python venv with numpy and sentencepiece for make_gguf.py.
 # The two engines then run alternately, `--repeat` times each; medians are compared.
 set -euo pipefail
@@ -73,10 +75,10 @@ s = s[:start] + "#ifdef VK_EXT_layer_settings\n" + block + "\n#else\n" + plain +
 open(p, "w").write(s)
 PY
   fi
-  echo "peers: building llama.cpp (Vulkan): llama-bench, llama-quantize"
+  echo "peers: building llama.cpp (Vulkan): llama-bench"
   cmake -S "$src" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_VULKAN=ON -DGGML_NATIVE=ON \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_CURL=OFF >/dev/null
-  cmake --build "$build" -j"$(nproc)" --target llama-bench llama-quantize >/dev/null
+  cmake --build "$build" -j"$(nproc)" --target llama-bench >/dev/null
 fi
 
 # ---- the same random weights for both ---------------------------------------------------
@@ -95,10 +97,8 @@ if [ ! -f "$gguf" ]; then
     python3 -m venv "$cache/venv"
     "$cache/venv/bin/pip" install --quiet numpy sentencepiece pyyaml
   fi
-  echo "peers: writing $shape as GGUF F16, then Q4_0 (--pure)"
-  PYTHONPATH=$src/gguf-py "$cache/venv/bin/python" "$here/make_gguf.py" "$hf" "$models/$shape-f16.gguf"
-  "$build/bin/llama-quantize" --pure "$models/$shape-f16.gguf" "$gguf" Q4_0 >/dev/null 2>&1
-  rm -f "$models/$shape-f16.gguf"
+  echo "peers: writing the q4 folder as a Q4_0 GGUF"
+  PYTHONPATH=$src/gguf-py "$cache/venv/bin/python" "$here/make_gguf.py" --q4 "$q4" "$gguf"
 fi
 
 # ---- side by side ----------------------------------------------------------------------
