@@ -108,7 +108,7 @@ fn int8_activations_track_the_reference() {
         // with tiles of 1, prefill is untiled and 8-bit too).
         let cases = [(FeatureWish::default(), Activations::Int8, 8), (FeatureWish::PORTABLE, Activations::Int8, 4), (FeatureWish::PORTABLE, Activations::Int8Decode, 8), (FeatureWish::PORTABLE, Activations::Int8Decode, 1)];
         for (wish, activations, prefill_tile) in cases {
-            let mut gpu = gpu_model_with(&dir, GpuOptions { activations, prefill_tile, matmul: Schedule::RowPerLane, ..sized(256, 64) }, wish);
+            let mut gpu = gpu_model_with(&dir, GpuOptions { activations, prefill_tile: Some(prefill_tile), matmul: Schedule::RowPerLane, ..sized(256, 64) }, wish);
             assert!(gpu.activations == activations && gpu.describe().contains("8-bit activations"));
             let compare = |got: &[f32], want: &[f32], at: &str, bound: f64| {
                 let e = nmse(got, want);
@@ -157,13 +157,13 @@ fn tiny_f16_on_gpu() {
     check(TINY, Quant::F16, 64);
 }
 
-/// Prefill matrix products untiled and tiled by 4 (the default, 8, runs in every other
-/// test), with chunks of 30 (the 64-token prompt runs as 30 + 30 + 4: token counts that are
+/// Prefill matrix products untiled and tiled by 4 (the default on f32 activations, 8, runs in
+/// every other test), with chunks of 30 (the 64-token prompt runs as 30 + 30 + 4: token counts that are
 /// not multiples of the tile).
 #[test]
 fn prefill_tiles() {
     for prefill_tile in [1, 4] {
-        check_with(TINY, Quant::Q4, GpuOptions { prefill_tile, ..sized(256, 30) }, FeatureWish::PORTABLE);
+        check_with(TINY, Quant::Q4, GpuOptions { prefill_tile: Some(prefill_tile), ..sized(256, 30) }, FeatureWish::PORTABLE);
     }
 }
 

@@ -105,7 +105,7 @@ fn kernel_options(mut o: GpuOptions, kernels: Option<&Value>) -> Result<(GpuOpti
             "schedule" => o.matmul = schedule(key, v)?,
             "attention" => o.attention = schedule(key, v)?,
             "rowsPerLane" => o.rows_per_lane = Some(n().filter(|n| [1, 2, 4].contains(n)).ok_or_else(|| invalid(format!("kernels.rowsPerLane must be 1, 2 or 4, got {v}")))?),
-            "prefillTile" => o.prefill_tile = n().filter(|n| [1, 4, 8].contains(n)).ok_or_else(|| invalid(format!("kernels.prefillTile must be 1, 4 or 8, got {v}")))?,
+            "prefillTile" => o.prefill_tile = Some(n().filter(|n| [1, 4, 8].contains(n)).ok_or_else(|| invalid(format!("kernels.prefillTile must be 1, 4 or 8, got {v}")))?),
             "activations" => {
                 let name = v.as_str().map_or_else(|| v.to_string(), str::to_string);
                 o.activations = name.parse().map_err(|e| invalid(format!("kernels.{e}")))?;
