@@ -19,6 +19,9 @@ alias kv_t = f16;
 #else
 alias kv_t = f32;
 #endif
+// The caches are read 4 dims at a time (one load of 8 or 16 bytes, not four): a lane of the
+// lane kernels reads rows no other lane reads, which CPU drivers gather value by value.
+alias kv4_t = vec4<kv_t>;
 
 struct Params {
     heads: u32,      // nh
@@ -32,8 +35,8 @@ struct Params {
 }
 
 @group(0) @binding(0) var<storage, read> q: array<f32>;             // [T, nh, hd]
-@group(0) @binding(1) var<storage, read> k_cache: array<kv_t>;      // [ctx, nkv, hd]
-@group(0) @binding(2) var<storage, read> v_cache: array<kv_t>;      // [ctx, nkv, hd]
+@group(0) @binding(1) var<storage, read> k_cache: array<kv4_t>;     // [ctx, nkv, hd / 4]
+@group(0) @binding(2) var<storage, read> v_cache: array<kv4_t>;     // [ctx, nkv, hd / 4]
 @group(0) @binding(3) var<storage, read_write> part: array<f32>;    // [T, nh, S, hd + 2]: o, m, l
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;     // [T, nh, hd]
 @group(0) @binding(5) var<uniform> p: Params;
@@ -71,7 +74,7 @@ fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             let kb = (key * p.kv_heads + kv) * hd;
             var acc = 0.0;
             for (var d = 0u; d < hd; d++) {
-                acc += q_row[d] * f32(k_cache[kb + d]);
+                acc += q_row[d] * f32(k_cache[(kb + d) / 4u][(kb + d) % 4u]);
             }
             score = acc * p.scale;
         }
@@ -97,7 +100,8 @@ fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             if (d < hd) {
                 var acc = o[i] * rescale;
                 for (var j = 0u; j < keys; j++) {
-                    acc += weights[j] * f32(v_cache[((b + j) * p.kv_heads + kv) * hd + d]);
+                    let vi = ((b + j) * p.kv_heads + kv) * hd + d;
+                    acc += weights[j] * f32(v_cache[vi / 4u][vi % 4u]);
                 }
                 o[i] = acc;
             }
@@ -193,13 +197,14 @@ fn cache_row(key: u32, end: u32, kv: u32) -> u32 {
     return (min(key, end - 1u) * p.kv_heads + kv) * p.head_dim;
 }
 
-// Dims [i, i + 4) of the K and V caches as f32.
+// Dims [i, i + 4) of the K and V caches as f32 (i a multiple of 4: the lane kernels need
+// hd % 4 == 0).
 fn k4(i: u32) -> vec4<f32> {
-    return vec4(f32(k_cache[i]), f32(k_cache[i + 1u]), f32(k_cache[i + 2u]), f32(k_cache[i + 3u]));
+    return vec4<f32>(k_cache[i / 4u]);
 }
 
 fn v4(i: u32) -> vec4<f32> {
-    return vec4(f32(v_cache[i]), f32(v_cache[i + 1u]), f32(v_cache[i + 2u]), f32(v_cache[i + 3u]));
+    return vec4<f32>(v_cache[i / 4u]);
 }
 
 // Writes the lane's (o, m, l) as split s of query row `row` for `combine`.

@@ -442,8 +442,9 @@ impl GpuModel {
                 norm(&format!("{p}ffn_norm.weight"))?,
                 stacked(&[&format!("{p}feed_forward.w1.weight"), &format!("{p}feed_forward.w3.weight")])?,
                 weight(&format!("{p}feed_forward.w2.weight"))?,
-                storage("k cache", (context * nkv * hd * kv_bytes) as u64),
-                storage("v cache", (context * nkv * hd * kv_bytes) as u64),
+                // Whole vec4s: attention.wgsl reads the caches 4 values at a time.
+                storage("k cache", ((context * nkv * hd * kv_bytes) as u64).next_multiple_of(16)),
+                storage("v cache", ((context * nkv * hd * kv_bytes) as u64).next_multiple_of(16)),
             ));
         }
         let final_norm = norm("model.norm.weight")?;
