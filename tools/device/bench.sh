@@ -2,8 +2,9 @@
 # Issue 8's real-GPU figures in one call on a lent machine (after tools/device/prepare.sh
 # here): for each shape named (default 7b), a random-weight q4 model written there, then
 #   - puyu bench: prefill and decode tokens/s (medians), the copy bandwidth and decode's
-#     fraction of the bandwidth roofline (bench.json, bench.txt);
-#   - the same with --profile: GPU time by kind of dispatch (profile.txt);
+#     fraction of the bandwidth roofline (bench.json);
+#   - one more run with --profile, apart so that its timestamp queries do not weigh on the
+#     timed runs: GPU time by kind of dispatch (profile.txt);
 #   - the kernel lab at that shape (kernels.txt);
 #   - llama.cpp's llama-bench (Vulkan) on the same weights, bit for bit (make_gguf.py --q4),
 #     when prepare.sh packed it (llama.json), and a table of the two.
@@ -81,16 +82,7 @@ for shape in "${@:-7b}"; do
   { python3 tools/device/summary.py "$dir"
     for f in profile kernels; do printf '\n## %s\n\n```\n' "$f"; cat "$dir/$f.txt"; printf '```\n'; done
   } > "$OUT/$shape.md"
-  python3 - "$dir" > "$OUT/$shape.json" <<'PY'
-import json, sys
-from pathlib import Path
-def read(name):
-    try:
-        return json.loads((Path(sys.argv[1]) / name).read_text())
-    except (OSError, ValueError):
-        return None
-print(json.dumps({"puyu": read("bench.json"), "llama.cpp": read("llama.json")}, indent=1))
-PY
+  python3 tools/device/summary.py --json "$dir" > "$OUT/$shape.json"
   cat "$OUT/$shape.md" >&2
   rm -rf "$model"
 done

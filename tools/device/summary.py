@@ -1,19 +1,32 @@
 #!/usr/bin/env python3
 """The table of one shape's run of tools/device/bench.sh: puyu's bench.json beside
-llama-bench's llama.json (when there), as Markdown.
+llama-bench's llama.json (when there), as Markdown; with --json, the two results as one JSON
+object instead.
 
-    python3 tools/device/summary.py OUT/7b
+    python3 tools/device/summary.py [--json] OUT/7b
 """
 import json
 import statistics
 import sys
 from pathlib import Path
 
-d = Path(sys.argv[1])
-try:
-    p = json.loads((d / "bench.json").read_text())
-except (OSError, ValueError) as e:
-    raise SystemExit(f"{d.name}: no puyu result ({e})")
+
+def read(d: Path, name: str):
+    try:
+        return json.loads((d / name).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+args = sys.argv[1:]
+if args[:1] == ["--json"]:
+    d = Path(args[1])
+    print(json.dumps({"puyu": read(d, "bench.json"), "llama.cpp": read(d, "llama.json")}, indent=1))
+    sys.exit()
+d = Path(args[0])
+p = read(d, "bench.json")
+if p is None:
+    raise SystemExit(f"{d.name}: no puyu result (bench.json missing or unreadable)")
 pp, tg = p["prefill_tokens_per_s"], p["decode_tokens_per_s"]
 spread = lambda s: f'{s["median"]:.1f} ({s["min"]:.1f}–{s["max"]:.1f})'
 mem = p["memory_bytes"]
@@ -21,17 +34,15 @@ print(f'\n{d.name}, q4, {p["prompt_tokens"]}-token prompt, {p["gen_tokens"]} gen
 print("| engine | prefill tok/s | decode tok/s |")
 print("|---|---|---|")
 print(f"| puyu | {spread(pp)} | {spread(tg)} |")
-llama = None
 try:
-    runs = json.loads((d / "llama.json").read_text())
+    runs = read(d, "llama.json")
     # llama-bench: one entry for the prompt test, one for generation; avg_ts over its repeats.
     ll_pp = statistics.median(r["avg_ts"] for r in runs if r["n_prompt"] > 0)
     ll_tg = statistics.median(r["avg_ts"] for r in runs if r["n_gen"] > 0)
-    llama = (ll_pp, ll_tg)
     on = f'{runs[0]["backends"]} on {runs[0]["gpu_info"]}'
     print(f"| llama.cpp ({on}), Q4_0 of the same weights | {ll_pp:.1f} | {ll_tg:.1f} |")
     print(f"| puyu / llama.cpp | {pp['median'] / ll_pp:.2f}× | {tg['median'] / ll_tg:.2f}× |")
-except (OSError, ValueError, KeyError, IndexError, statistics.StatisticsError):
+except (TypeError, KeyError, IndexError, statistics.StatisticsError):  # no or partial llama.cpp result
     pass
 print(
     f'\ndecode reads {p["decode_weight_gb_per_s"]:.0f} GB/s of weights; a buffer copy moves {p["copy_gb_per_s"]:.0f} GB/s '
