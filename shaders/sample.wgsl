@@ -1,19 +1,33 @@
 // Sampling on the GPU, so that a decode step reads back 4 bytes, not the logits. It follows
-// crate/src/sampling.rs (the reference) step for step; one workgroup of 256 lanes does all.
+// crate/src/sampling.rs (the reference) step for step:
 //
 //  1. penalty: logits of the (distinct) recent tokens are divided by `penalty` when
 //     positive, multiplied when negative.
-//  2. temperature 0: the argmax (the first index on ties, as torch.argmax).
+//  2. temperature 0: the argmax (the first index on ties, as the reference's argmax).
 //  3. top-k: the k best by (logit, then lower id).
-//  4. softmax at the temperature over them: e_i = exp((l_i − max) / T).
-//  5. top-p: the shortest prefix, in rank order, whose mass reaches top_p · Σe.
-//  6. draw: r = u · (mass of the nucleus), u uniform in [0, 1) from the CPU's seeded stream;
-//     the first token in rank order whose running mass exceeds r.
+//  4. softmax at the temperature over them: e_i = exp((l_i − max) / T), in rank order.
+//  5. top-p: the shortest prefix, in rank order, whose probability reaches top_p.
+//  6. draw: r = u · (probability of the nucleus), u uniform in [0, 1) from the CPU's seeded
+//     stream; the first token in rank order whose running probability exceeds r.
 //
-// Nothing is sorted. Ranks are compared through an order-preserving u32 key of the logit
-// (`key`); each cut ("the tokens ranked at or above some token") is found by a bitwise binary
-// search over keys, then one over ids within a group of equal keys. Each search step is one
-// pass over the vocabulary with a workgroup reduction.
+// The host picks one of three dispatch sequences (crate/src/gpu/sampler.rs); `penalize`
+// comes first when the penalty is on (in place: the logits row is scratch once a draw is
+// asked for, and the host passes each recent token once).
+//
+//  - greedy: `best` (each workgroup's argmax over a CHUNK of the vocabulary), `finish`.
+//  - top-k with 1 ≤ k ≤ TOP_K_MAX (the usual case): a radix select finds the key of the k-th
+//    best token in four passes over the vocabulary, one 8-bit digit of the key each
+//    (`count0`…`count3`, every workgroup adding its chunk's digit histogram to the shared
+//    one); `gather` collects the tokens above that key (and those equal to it, when they
+//    fit); `finish` ranks the ≤ CAP candidates and does steps 4–6 in one lane, in rank
+//    order, with the reference's arithmetic. Every pass but the last spreads over the whole
+//    device, instead of one workgroup making ~70 passes over the vocabulary.
+//  - top-k off or above TOP_K_MAX: `sample_all`, one workgroup over the whole vocabulary.
+//    Nothing is sorted: each cut ("the tokens ranked at or above some token") is found by a
+//    bitwise binary search over keys, then one over ids within a group of equal keys, each
+//    search step one pass over the vocabulary with a workgroup reduction.
+//
+// Ranks compare the order-preserving u32 key of a logit (`key`), then ids.
 
 struct Params {
     vocab: u32,        // V
@@ -26,21 +40,314 @@ struct Params {
     u: f32,            // uniform in [0, 1)
 }
 
-@group(0) @binding(0) var<storage, read> logits: array<f32>;        // [rows, V]
+@group(0) @binding(0) var<storage, read_write> logits: array<f32>;  // [rows, V] (penalised in place)
 @group(0) @binding(1) var<storage, read> recent: array<u32>;        // [history]
-@group(0) @binding(2) var<storage, read_write> work: array<f32>;    // [2V]: penalised logits, e
+@group(0) @binding(2) var<storage, read_write> work: array<f32>;    // [V]: e (sample_all)
 @group(0) @binding(3) var<storage, read_write> out: array<u32>;     // [1]: the chosen id
-@group(0) @binding(4) var<uniform> p: Params;
+// The select state, zeroed by the host before a draw: four 256-bin digit histograms
+// (HIST), the number of candidates gathered (COUNT), and their ids (CAND, CAP of them; in
+// greedy draws each workgroup's best).
+@group(0) @binding(4) var<storage, read_write> sel: array<atomic<u32>>;
+@group(0) @binding(5) var<uniform> p: Params;
 
-const LANES: u32 = 256u; // SwiftShader's limit of invocations per workgroup
+const LANES: u32 = 256u;     // lanes of the one-workgroup kernels (SwiftShader's limit)
+const PART: u32 = 64u;       // lanes of the vocabulary-wide passes
+const CHUNK: u32 = 2048u;    // tokens per workgroup in those passes (crate/src/gpu/sampler.rs)
+const TOP_K_MAX: u32 = 256u; // the largest k of the radix select (one rank per lane in finish)
+const CAP: u32 = 512u;       // candidate slots
+const HIST: u32 = 0u;
+const COUNT: u32 = 1024u;
+const CAND: u32 = 1025u;
+const NONE: u32 = 0xffffffffu;
+
 var<workgroup> red: array<f32, 256>;
 var<workgroup> red_i: array<u32, 256>;
+var<workgroup> bins: array<atomic<u32>, 256>;
+var<workgroup> cut: vec4<u32>;
+var<workgroup> cand_key: array<u32, 512>;
+var<workgroup> cand_id: array<u32, 512>;
+var<workgroup> ranked: array<u32, 256>;
+var<workgroup> taken: u32;
 
 // Larger logit ⇔ larger key (sign bit set for positives, all bits flipped for negatives).
 fn key(v: f32) -> u32 {
     let b = bitcast<u32>(v);
     return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
 }
+
+fn logit(i: u32) -> f32 {
+    return logits[p.row * p.vocab + i];
+}
+
+@compute @workgroup_size(64)
+fn penalize(@builtin(local_invocation_index) lane: u32) {
+    for (var h = lane; h < p.history; h += PART) {
+        let t = recent[h];
+        if (t < p.vocab) {
+            let at = p.row * p.vocab + t;
+            let l = logits[at];
+            logits[at] = select(l * p.penalty, l / p.penalty, l > 0.0);
+        }
+    }
+}
+
+// ---- greedy ----
+
+// (v, i) ranks before (w, j) for the argmax: larger, then the lower id; NONE never does.
+fn before(v: f32, i: u32, w: f32, j: u32) -> bool {
+    return i != NONE && (j == NONE || v > w || (v == w && i < j));
+}
+
+@compute @workgroup_size(64)
+fn best(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let end = min((wg.x + 1u) * CHUNK, p.vocab);
+    var bv = 0.0;
+    var bi = NONE;
+    for (var i = wg.x * CHUNK + lane; i < end; i += PART) {
+        let v = logit(i);
+        if (before(v, i, bv, bi)) {
+            bv = v;
+            bi = i;
+        }
+    }
+    red[lane] = bv;
+    red_i[lane] = bi;
+    workgroupBarrier();
+    for (var s = PART / 2u; s > 0u; s /= 2u) {
+        if (lane < s && before(red[lane + s], red_i[lane + s], red[lane], red_i[lane])) {
+            red[lane] = red[lane + s];
+            red_i[lane] = red_i[lane + s];
+        }
+        workgroupBarrier();
+    }
+    if (lane == 0u) {
+        atomicStore(&sel[CAND + wg.x], red_i[0]);
+    }
+}
+
+// ---- top-k by radix select ----
+
+fn top_k() -> u32 {
+    return min(p.top_k, p.vocab);
+}
+
+// The top-k's cut after `rounds` digits, from their histograms: (the key bits fixed so
+// far, how many of the tokens whose key starts with them are still to be taken, how many
+// tokens that is).
+fn resolve(rounds: u32) -> vec3<u32> {
+    var prefix = 0u;
+    var need = top_k();
+    var have = p.vocab;
+    for (var r = 0u; r < rounds; r++) {
+        // From the highest digit down, to the bin where the k-th best falls.
+        var d = 255u;
+        var c = atomicLoad(&sel[HIST + r * 256u + d]);
+        while (c < need && d > 0u) {
+            need -= c;
+            d -= 1u;
+            c = atomicLoad(&sel[HIST + r * 256u + d]);
+        }
+        prefix |= d << (24u - 8u * r);
+        have = c;
+    }
+    return vec3<u32>(prefix, need, have);
+}
+
+// Adds the histogram of digit `round` (bits 31−8·round … 24−8·round of the key) over this
+// workgroup's chunk, among the tokens whose higher digits are the cut's so far.
+fn count(round: u32, lane: u32, wg: u32) {
+    for (var b = lane; b < 256u; b += PART) {
+        atomicStore(&bins[b], 0u);
+    }
+    if (lane == 0u) {
+        cut = vec4<u32>(resolve(round), 0u);
+    }
+    workgroupBarrier();
+    let prefix = cut.x;
+    let shift = 24u - 8u * round;
+    let end = min((wg + 1u) * CHUNK, p.vocab);
+    for (var i = wg * CHUNK + lane; i < end; i += PART) {
+        let k = key(logit(i));
+        if (((k ^ prefix) >> shift) >> 8u == 0u) {
+            atomicAdd(&bins[(k >> shift) & 255u], 1u);
+        }
+    }
+    workgroupBarrier();
+    for (var b = lane; b < 256u; b += PART) {
+        let c = atomicLoad(&bins[b]);
+        if (c > 0u) {
+            atomicAdd(&sel[HIST + round * 256u + b], c);
+        }
+    }
+}
+
+@compute @workgroup_size(64)
+fn count0(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    count(0u, lane, wg.x);
+}
+
+@compute @workgroup_size(64)
+fn count1(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    count(1u, lane, wg.x);
+}
+
+@compute @workgroup_size(64)
+fn count2(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    count(2u, lane, wg.x);
+}
+
+@compute @workgroup_size(64)
+fn count3(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    count(3u, lane, wg.x);
+}
+
+// The k-th best key t is known: `need` of the `ties` tokens with key t are in the top k,
+// after the k − need above it. Ties are gathered only when all fit (finish picks the
+// lowest ids among them); otherwise finish scans for them in id order.
+fn ties_fit(c: vec3<u32>) -> bool {
+    return c.z <= CAP - (top_k() - c.y);
+}
+
+@compute @workgroup_size(64)
+fn gather(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    if (lane == 0u) {
+        let c = resolve(4u);
+        cut = vec4<u32>(c, select(0u, 1u, ties_fit(c)));
+    }
+    workgroupBarrier();
+    let t = cut.x;
+    let with_ties = cut.w == 1u;
+    let end = min((wg.x + 1u) * CHUNK, p.vocab);
+    for (var i = wg.x * CHUNK + lane; i < end; i += PART) {
+        let k = key(logit(i));
+        if (k > t || (k == t && with_ties)) {
+            let slot = atomicAdd(&sel[COUNT], 1u);
+            if (slot < CAP) {
+                atomicStore(&sel[CAND + slot], i);
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn finish(@builtin(local_invocation_index) lane: u32) {
+    if (p.temperature == 0.0) {
+        // Greedy: the best of the workgroups' bests.
+        if (lane == 0u) {
+            var bv = 0.0;
+            var bi = NONE;
+            for (var g = 0u; g < (p.vocab + CHUNK - 1u) / CHUNK; g++) {
+                let i = atomicLoad(&sel[CAND + g]);
+                if (i != NONE && before(logit(i), i, bv, bi)) {
+                    bv = logit(i);
+                    bi = i;
+                }
+            }
+            out[0] = bi;
+        }
+        return;
+    }
+    if (lane == 0u) {
+        let c = resolve(4u);
+        cut = vec4<u32>(c.x, c.y, select(0u, 1u, ties_fit(c)), min(atomicLoad(&sel[COUNT]), CAP));
+        taken = 0u;
+    }
+    let c = workgroupUniformLoad(&cut);
+    let t = c.x;
+    let need = c.y;
+    let gathered = c.w;
+    for (var j = lane; j < gathered; j += LANES) {
+        let i = atomicLoad(&sel[CAND + j]);
+        cand_id[j] = i;
+        cand_key[j] = key(logit(i));
+    }
+    // Too many ties to gather: the first `need` tokens of key t in id order, 256 ids a
+    // round, each lane's place among them from a prefix sum of the round's matches.
+    var m = gathered;
+    if (c.z == 0u) {
+        for (var base = 0u; base < p.vocab; base += LANES) {
+            if (workgroupUniformLoad(&taken) >= need) {
+                break;
+            }
+            let i = base + lane;
+            let hit = select(0u, 1u, i < p.vocab && key(logit(i)) == t);
+            red_i[lane] = hit;
+            workgroupBarrier();
+            for (var s = 1u; s < LANES; s *= 2u) {
+                let add = select(0u, red_i[lane - s], lane >= s);
+                workgroupBarrier();
+                red_i[lane] += add;
+                workgroupBarrier();
+            }
+            let at = taken + red_i[lane] - hit;
+            if (hit == 1u && at < need) {
+                cand_id[gathered + at] = i;
+                cand_key[gathered + at] = t;
+            }
+            workgroupBarrier();
+            if (lane == 0u) {
+                taken += red_i[LANES - 1u];
+            }
+        }
+        m = gathered + need;
+    }
+    workgroupBarrier();
+    // Rank of each candidate among the others; the top k land in rank order.
+    let k = top_k();
+    for (var j = lane; j < m; j += LANES) {
+        var r = 0u;
+        for (var q = 0u; q < m; q++) {
+            if (cand_key[q] > cand_key[j] || (cand_key[q] == cand_key[j] && cand_id[q] < cand_id[j])) {
+                r++;
+            }
+        }
+        if (r < k) {
+            ranked[r] = cand_id[j];
+        }
+    }
+    workgroupBarrier();
+    if (lane != 0u) {
+        return;
+    }
+    // Steps 4–6 as the reference does them, in rank order (probabilities in red).
+    let mx = logit(ranked[0]);
+    var total = 0.0;
+    for (var r = 0u; r < k; r++) {
+        let e = exp((logit(ranked[r]) - mx) / p.temperature);
+        red[r] = e;
+        total += e;
+    }
+    for (var r = 0u; r < k; r++) {
+        red[r] = red[r] / total;
+    }
+    var keep = k;
+    if (p.top_p < 1.0) {
+        var acc = 0.0;
+        for (var r = 0u; r < k; r++) {
+            acc += red[r];
+            if (acc >= p.top_p) {
+                keep = r + 1u;
+                break;
+            }
+        }
+    }
+    var mass = 0.0;
+    for (var r = 0u; r < keep; r++) {
+        mass += red[r];
+    }
+    var x = p.u * mass;
+    var chosen = ranked[keep - 1u];
+    for (var r = 0u; r < keep; r++) {
+        x -= red[r];
+        if (x < 0.0) {
+            chosen = ranked[r];
+            break;
+        }
+    }
+    out[0] = chosen;
+}
+
+// ---- any top-k and top-p: one workgroup ----
 
 fn total(lane: u32, v: f32) -> f32 {
     red[lane] = v;
@@ -56,24 +363,16 @@ fn total(lane: u32, v: f32) -> f32 {
     return r;
 }
 
-// Token i's logit after the penalty (copied to work only when there is one).
-fn value(i: u32) -> f32 {
-    if (p.penalty != 1.0) {
-        return work[i];
-    }
-    return logits[p.row * p.vocab + i];
-}
-
 // The weight a token carries in a search: 1 when counting (top-k), else its e.
 fn weight(i: u32, counting: bool) -> f32 {
-    return select(work[p.vocab + i], 1.0, counting);
+    return select(work[i], 1.0, counting);
 }
 
 // Σ weight over tokens with key ≥ k.
 fn at_or_above(lane: u32, k: u32, counting: bool) -> f32 {
     var s = 0.0;
     for (var i = lane; i < p.vocab; i += LANES) {
-        if (key(value(i)) >= k) {
+        if (key(logit(i)) >= k) {
             s += weight(i, counting);
         }
     }
@@ -84,7 +383,7 @@ fn at_or_above(lane: u32, k: u32, counting: bool) -> f32 {
 fn ties_before(lane: u32, k: u32, below: u32, counting: bool) -> f32 {
     var s = 0.0;
     for (var i = lane; i < min(below, p.vocab); i += LANES) {
-        if (key(value(i)) == k) {
+        if (key(logit(i)) == k) {
             s += weight(i, counting);
         }
     }
@@ -119,9 +418,9 @@ fn first_passing(lane: u32, goal: f32, reach: bool, counting: bool) -> vec2<u32>
 // Keeps e only for tokens ranked at or above `last` (key, id); zero elsewhere.
 fn cut_after(lane: u32, last: vec2<u32>) {
     for (var i = lane; i < p.vocab; i += LANES) {
-        let ki = key(value(i));
+        let ki = key(logit(i));
         if (!(ki > last.x || (ki == last.x && i <= last.y))) {
-            work[p.vocab + i] = 0.0;
+            work[i] = 0.0;
         }
     }
     storageBarrier();
@@ -129,62 +428,26 @@ fn cut_after(lane: u32, last: vec2<u32>) {
 }
 
 @compute @workgroup_size(256)
-fn sample(@builtin(local_invocation_index) lane: u32) {
-    if (p.penalty != 1.0) {
-        let base = p.row * p.vocab;
-        for (var i = lane; i < p.vocab; i += LANES) {
-            work[i] = logits[base + i];
-        }
-        storageBarrier();
-        workgroupBarrier();
-        for (var h = lane; h < p.history; h += LANES) {
-            let t = recent[h];
-            if (t < p.vocab) {
-                let l = work[t];
-                work[t] = select(l * p.penalty, l / p.penalty, l > 0.0);
-            }
-        }
-        storageBarrier();
-        workgroupBarrier();
-    }
-
-    // The best token: the greedy answer, and the max for the softmax.
-    var bv = -3.4e38;
-    var bi = 0xffffffffu;
+fn sample_all(@builtin(local_invocation_index) lane: u32) {
+    // The largest logit, for the softmax.
+    var mx = -3.4e38;
     for (var i = lane; i < p.vocab; i += LANES) {
-        let v = value(i);
-        if (v > bv) {
-            bv = v;
-            bi = i;
-        }
+        mx = max(mx, logit(i));
     }
-    red[lane] = bv;
-    red_i[lane] = bi;
+    red[lane] = mx;
     workgroupBarrier();
     for (var s = LANES / 2u; s > 0u; s /= 2u) {
         if (lane < s) {
-            let ov = red[lane + s];
-            let oi = red_i[lane + s];
-            if (ov > red[lane] || (ov == red[lane] && oi < red_i[lane])) {
-                red[lane] = ov;
-                red_i[lane] = oi;
-            }
+            red[lane] = max(red[lane], red[lane + s]);
         }
         workgroupBarrier();
     }
-    let mx = red[0];
-    let best = red_i[0];
+    mx = red[0];
     workgroupBarrier();
-    if (p.temperature == 0.0) {
-        if (lane == 0u) {
-            out[0] = best;
-        }
-        return;
-    }
 
     // e for every token, then zero outside the top k.
     for (var i = lane; i < p.vocab; i += LANES) {
-        work[p.vocab + i] = exp((value(i) - mx) / p.temperature);
+        work[i] = exp((logit(i) - mx) / p.temperature);
     }
     storageBarrier();
     workgroupBarrier();

@@ -14,7 +14,8 @@ use puyu::gpu::model::{kv_splits, lane_keys, lane_splits, rows_splits};
 use puyu::gpu::{shaders, FeatureWish, Gpu};
 use puyu::quant::Quant;
 use puyu::reference;
-use puyu::sampling::{Sampler, SamplingParams};
+use puyu::gpu::sampler::GpuSampler;
+use puyu::sampling::{Draw, Sampler, SamplingParams};
 
 fn gpu(wish: FeatureWish) -> Gpu {
     pollster::block_on(Gpu::open(wgpu::Backends::all(), wish)).unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"))
@@ -483,7 +484,6 @@ fn rope_and_cache_write() {
 #[test]
 fn sampling_matches_the_cpu_sampler() {
     let g = gpu(FeatureWish::PORTABLE);
-    let vocab = 1000;
     let settings = [
         (0.0, 0, 1.0, 1.0),
         (0.0, 0, 1.0, 1.3),
@@ -493,40 +493,93 @@ fn sampling_matches_the_cpu_sampler() {
         (1.3, 0, 0.5, 1.1),
         (0.5, 3, 0.9, 1.0),
         (1.0, 1, 1.0, 1.0),
+        // The largest top-k of the radix select, and one past it (the one-workgroup path).
+        (1.0, 256, 0.95, 1.0),
+        (1.0, 300, 0.95, 1.2),
     ];
     let mut drawn = std::collections::HashSet::new();
-    for (case, &(temperature, top_k, top_p, repeat_penalty)) in settings.iter().enumerate() {
-        for round in 0..6u64 {
-            let mut logits: Vec<f32> = values(vocab, 100 + round).iter().map(|x| x * 6.0).collect();
-            if round % 2 == 1 {
-                // Many exact ties: logits on a coarse grid.
-                logits.iter_mut().for_each(|x| *x = (*x * 2.0).round() / 2.0);
-            }
-            let history: Vec<u32> = values(20, round).iter().map(|x| ((x + 1.0) * 500.0) as u32 % vocab as u32).collect();
-            let params = SamplingParams { temperature, top_k, top_p, repeat_penalty, repeat_last_n: 16, seed: 1000 * case as u64 + round };
-            let (mut cpu, mut on_gpu) = (Sampler::new(params.clone()), Sampler::new(params));
-            for step in 0..4 {
-                let want = cpu.sample(&logits, &history);
-                let d = on_gpu.gpu_draw(&history);
-                let out = run(&g, Launch {
-                    source: shaders::SAMPLE,
-                    entry: "sample",
-                    defines: &[],
-                    buffers: vec![
-                        Buf::In(bytes(&logits)),
-                        Buf::In(bytemuck::cast_slice(&d.recent)),
-                        Buf::Out(&vec![0u8; 8 * vocab]),
-                        Buf::Out(&[0u8; 4]),
-                    ],
-                    params: [vocab as u32, 0, d.top_k, d.recent.len() as u32, d.temperature.to_bits(), d.top_p.to_bits(), d.penalty.to_bits(), d.u.to_bits()],
-                    groups: [1, 1, 1],
-                });
-                let got = bytemuck::cast_slice::<u8, u32>(&out[1])[0];
-                assert_eq!(got, want, "settings {case} round {round} step {step} ({temperature}, k {top_k}, p {top_p}, penalty {repeat_penalty})");
-                drawn.insert((case, got));
+    // 1,000 tokens: one workgroup of the vocabulary-wide passes; 5,000: three, the last one
+    // partial, so candidates arrive from several workgroups in any order.
+    for vocab in [1000, 5000] {
+        let s = SamplerRig::new(&g, vocab);
+        for (case, &(temperature, top_k, top_p, repeat_penalty)) in settings.iter().enumerate() {
+            for round in 0..6u64 {
+                let mut logits: Vec<f32> = values(vocab, 100 + round).iter().map(|x| x * 6.0).collect();
+                if round % 2 == 1 {
+                    // Many exact ties: logits on a coarse grid.
+                    logits.iter_mut().for_each(|x| *x = (*x * 2.0).round() / 2.0);
+                }
+                let history: Vec<u32> = values(20, round).iter().map(|x| ((x + 1.0) * 500.0) as u32 % vocab as u32).collect();
+                let params = SamplingParams { temperature, top_k, top_p, repeat_penalty, repeat_last_n: 16, seed: 1000 * case as u64 + round };
+                let (mut cpu, mut on_gpu) = (Sampler::new(params.clone()), Sampler::new(params));
+                for step in 0..4 {
+                    let want = cpu.sample(&logits, &history);
+                    let got = s.draw(&g, &logits, &on_gpu.gpu_draw(&history));
+                    assert_eq!(got, want, "vocab {vocab} settings {case} round {round} step {step} ({temperature}, k {top_k}, p {top_p}, penalty {repeat_penalty})");
+                    drawn.insert((vocab, case, got));
+                }
             }
         }
     }
     // The draws are not all the same token (the check above is not vacuous).
-    assert!(drawn.len() > 2 * settings.len(), "{}", drawn.len());
+    assert!(drawn.len() > 4 * settings.len(), "{}", drawn.len());
+}
+
+/// The GPU sampler over a logits buffer the test fills before each draw (draws penalise
+/// the logits in place).
+struct SamplerRig {
+    logits: wgpu::Buffer,
+    sampler: GpuSampler,
+}
+
+impl SamplerRig {
+    fn new(g: &Gpu, vocab: usize) -> SamplerRig {
+        let logits = g.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("logits"),
+            size: vocab as u64 * 4,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let sampler = GpuSampler::new(g, &logits, vocab, 64).unwrap();
+        SamplerRig { logits, sampler }
+    }
+
+    fn draw(&self, g: &Gpu, logits: &[f32], draw: &Draw) -> u32 {
+        g.queue.write_buffer(&self.logits, 0, bytes(logits));
+        let mut enc = g.device.create_command_encoder(&Default::default());
+        self.sampler.encode(&g.queue, &mut enc, draw, 0);
+        g.queue.submit([enc.finish()]);
+        pollster::block_on(g.read_f32(self.sampler.chosen())).unwrap()[0].to_bits()
+    }
+}
+
+/// The cases the small vocabularies above cannot reach: the real vocabulary (46
+/// workgroups, where the k-th best's digits are found over the whole device), every logit
+/// equal (the ties at the threshold do not fit the candidate slots, so they are taken in id
+/// order), and greedy ties across workgroups (the lowest id wins).
+#[test]
+fn sampling_matches_the_cpu_sampler_at_the_edges() {
+    let g = gpu(FeatureWish::PORTABLE);
+    let vocab = 92544;
+    let s = SamplerRig::new(&g, vocab);
+    let real: Vec<f32> = values(vocab, 7).iter().map(|x| x * 8.0).collect();
+    let flat = vec![0.25f32; vocab];
+    let mut two_peaks = values(vocab, 8);
+    two_peaks[70000] = 5.0;
+    two_peaks[3000] = 5.0;
+    let mut drawn = std::collections::HashSet::new();
+    for (name, logits) in [("real", &real), ("flat", &flat), ("two peaks", &two_peaks)] {
+        for (temperature, top_k, top_p) in [(0.0, 0, 1.0), (0.8, 50, 0.8), (1.0, 256, 1.0), (1.0, 1, 1.0)] {
+            let params = SamplingParams { temperature, top_k, top_p, repeat_penalty: 1.1, repeat_last_n: 8, seed: 5 };
+            let (mut cpu, mut on_gpu) = (Sampler::new(params.clone()), Sampler::new(params));
+            let history = [3000, 12, 70000, 92543];
+            for step in 0..3 {
+                let want = cpu.sample(logits, &history);
+                let got = s.draw(&g, logits, &on_gpu.gpu_draw(&history));
+                assert_eq!(got, want, "{name} ({temperature}, k {top_k}, p {top_p}) step {step}");
+                drawn.insert(got);
+            }
+        }
+    }
+    assert!(drawn.len() > 6, "{}", drawn.len());
 }

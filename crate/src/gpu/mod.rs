@@ -8,8 +8,10 @@ use wgpu::util::DeviceExt;
 
 pub mod lab;
 pub mod model;
+mod pipelines;
 pub mod preprocess;
 pub mod profile;
+pub mod sampler;
 pub mod weights;
 
 use crate::error::{Error, Result};

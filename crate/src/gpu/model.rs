@@ -6,8 +6,6 @@
 //! made once; a step only writes its tokens, RoPE table and parameters, then dispatches, and
 //! reads back either logits or (sampling on the GPU) one token id.
 
-use std::collections::HashMap;
-
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::model_dir::{BlobId, Manifest};
@@ -15,20 +13,14 @@ use crate::quant::Quant;
 use crate::rope::Rope;
 use crate::sampling::{Draw, Sampler};
 
+use super::pipelines::{Bind, Pipelines};
 use super::profile::{Profile, Profiler};
+use super::sampler::{self, GpuSampler};
 use super::weights::{Target, WeightWriter};
-use super::{preprocess::preprocess, shaders, Gpu};
+use super::{shaders, Gpu};
 
 /// Uniform parameter slots are this far apart (the usual min_uniform_buffer_offset_alignment).
 const SLOT: u64 = 256;
-
-/// What a kernel binding is.
-#[derive(Clone, Copy)]
-enum Bind {
-    Read,
-    Write,
-    Uniform,
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Op {
@@ -47,8 +39,6 @@ enum Op {
     /// or a lane per query or per split ([`LaneAttention`]).
     Attend,
     Combine,
-    /// Penalty, greedy or top-k/top-p draw over the last logit row (see sample.wgsl).
-    Sample,
 }
 
 /// One dispatch; its parameters live in the params slot of its index. Matrix products also
@@ -242,11 +232,8 @@ pub struct GpuModel {
     x_last: wgpu::Buffer,
     logits: wgpu::Buffer,
     staging: wgpu::Buffer,
-    /// Sampling on the GPU: the kernel, the recent tokens for the penalty, its output, and a
-    /// 4-byte readback.
-    sample: Step,
-    recent: wgpu::Buffer,
-    chosen: wgpu::Buffer,
+    /// Sampling on the GPU over the last logit row, and its 4-byte readback.
+    sampler: GpuSampler,
     chosen_staging: wgpu::Buffer,
     /// Rows of the attention partials buffer (tokens × splits).
     part_rows: usize,
@@ -505,11 +492,9 @@ impl GpuModel {
         steps.push(("final_norm", Op::Norm, pipelines.get(dev, "norm", shaders::NORM, "rms_norm", &[], &norm_layout)?, None, vec![&x_last, &final_norm, &xn]));
         push_matmul(dev, &mut pipelines, kernel, &mut steps, "output", (&xn, &xq), &output, &logits, h, Epilogue::Store)?;
 
-        // The sampling step is not in `steps`: it runs only when asked, in the last slot.
-        let sample_pipeline = pipelines.get(dev, "sample", shaders::SAMPLE, "sample", &[], &[Bind::Read, Bind::Read, Bind::Write, Bind::Write, Bind::Uniform])?;
-        let recent = storage("recent tokens", context as u64 * 4);
-        let sample_work = storage("sampling scratch", 2 * v as u64 * f);
-        let chosen = storage("chosen", 4);
+        // Sampling is not in `steps`: it runs only when asked.
+        let sampler = GpuSampler::new(&gpu, &logits, v, context)?;
+        allocated.set(allocated.get() + sampler.bytes());
         let chosen_staging = dev.create_buffer(&wgpu::BufferDescriptor {
             label: Some("chosen readback"),
             size: 4,
@@ -518,7 +503,7 @@ impl GpuModel {
         });
         let params = dev.create_buffer(&wgpu::BufferDescriptor {
             label: Some("params"),
-            size: (steps.len() + 1) as u64 * SLOT,
+            size: steps.len() as u64 * SLOT,
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
@@ -536,13 +521,6 @@ impl GpuModel {
             entries.push(wgpu::BindGroupEntry { binding: buffers.len() as u32, resource: slot(s) });
             dev.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout, entries: &entries })
         };
-        let sample = Step {
-            name: "sample",
-            op: Op::Sample,
-            bind: bind(&sample_pipeline.get_bind_group_layout(0), &[&logits, &recent, &sample_work, &chosen], steps.len()),
-            pipeline: sample_pipeline,
-            tiled: None,
-        };
         let steps: Vec<Step> = steps
             .into_iter()
             .enumerate()
@@ -557,7 +535,7 @@ impl GpuModel {
                 }),
             })
             .collect();
-        let profiler = Profiler::new(&gpu, steps.len() + 1);
+        let profiler = Profiler::new(&gpu, steps.len() + sampler::MAX_PASSES);
         let model = GpuModel {
             rope: Rope::new(&config),
             profiler,
@@ -576,9 +554,7 @@ impl GpuModel {
             x_last,
             logits,
             staging,
-            sample,
-            recent,
-            chosen,
+            sampler,
             chosen_staging,
             part_rows,
             lane_attention,
@@ -728,7 +704,7 @@ impl GpuModel {
         q.write_buffer(&self.cos_sin, 0, bytemuck::cast_slice(&table));
 
         let last = self.head; // the final norm and output run on `rows` rows
-        let mut params = vec![0u8; (self.steps.len() + 1) * SLOT as usize];
+        let mut params = vec![0u8; self.steps.len() * SLOT as usize];
         for (s, step) in self.steps.iter().enumerate() {
             let n = if s >= last { rows as u32 } else { t };
             let p: [u32; 8] = match step.op {
@@ -738,21 +714,8 @@ impl GpuModel {
                 Op::Quantize { cols, .. } => [cols, n, 0, 0, 0, 0, 0, 0],
                 Op::Rope => [nh, nkv, hd, n, pos0, 0, 0, 0],
                 Op::Attend | Op::Combine => [nh, nkv, hd, n, pos0, splits, split_len, (1.0 / (hd as f32).sqrt()).to_bits()],
-                Op::Sample => unreachable!("not in steps"),
             };
             let at = s * SLOT as usize;
-            params[at..at + 32].copy_from_slice(bytemuck::cast_slice(&p));
-        }
-        if let Some(d) = draw {
-            // Most recent first: past the buffer's capacity (the context) only older ones go.
-            let recent = &d.recent[..d.recent.len().min(self.context)];
-            q.write_buffer(&self.recent, 0, bytemuck::cast_slice(recent));
-            let last_row = (rows.max(1) - 1) as u32;
-            let p: [u32; 8] = [
-                c.vocab_size as u32, last_row, d.top_k, recent.len() as u32,
-                d.temperature.to_bits(), d.top_p.to_bits(), d.penalty.to_bits(), d.u.to_bits(),
-            ];
-            let at = self.steps.len() * SLOT as usize;
             params[at..at + 32].copy_from_slice(bytemuck::cast_slice(&p));
         }
         q.write_buffer(&self.params, 0, &params);
@@ -802,7 +765,6 @@ impl GpuModel {
                     None => [splits, n, nh],
                 },
                 Op::Combine => [n, nh, 1],
-                Op::Sample => unreachable!("not in steps"),
             };
             let timestamp_writes = self.profiler.as_mut().and_then(|p| p.pass(step.name));
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
@@ -810,14 +772,10 @@ impl GpuModel {
             pass.set_bind_group(0, bind, &[]);
             pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         }
-        if draw.is_some() {
-            let timestamp_writes = self.profiler.as_mut().and_then(|p| p.pass(self.sample.name));
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
-            pass.set_pipeline(&self.sample.pipeline);
-            pass.set_bind_group(0, &self.sample.bind, &[]);
-            pass.dispatch_workgroups(1, 1, 1);
-            drop(pass);
-            enc.copy_buffer_to_buffer(&self.chosen, 0, &self.chosen_staging, 0, 4);
+        if let Some(d) = draw {
+            let last_row = (rows.max(1) - 1) as u32;
+            self.sampler.encode_profiled(q, &mut enc, d, last_row, self.profiler.as_mut());
+            enc.copy_buffer_to_buffer(self.sampler.chosen(), 0, &self.chosen_staging, 0, 4);
         } else if rows > 0 {
             let bytes = (rows * c.vocab_size * 4) as u64;
             enc.copy_buffer_to_buffer(&self.logits, 0, &self.staging, 0, bytes);
@@ -935,68 +893,5 @@ fn quant_define(q: Quant) -> Result<&'static str> {
         Quant::Q8 => Ok("Q8"),
         Quant::F16 => Ok("F16"),
         Quant::F32 => Err(Error::Gpu("f32 matrices are not supported on the GPU".into())),
-    }
-}
-
-/// Compiled pipelines, by (file, entry point, defines), and their bind group layouts, by
-/// binding kinds: pipelines with the same kinds share one layout, so a step's bind group
-/// serves both its pipelines (matrix products: plain and token-tiled).
-#[derive(Default)]
-struct Pipelines {
-    cache: HashMap<String, wgpu::ComputePipeline>,
-    layouts: HashMap<Vec<u8>, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
-}
-
-impl Pipelines {
-    fn get(
-        &mut self,
-        dev: &wgpu::Device,
-        file: &str,
-        source: &str,
-        entry: &str,
-        defines: &[&str],
-        binds: &[Bind],
-    ) -> Result<wgpu::ComputePipeline> {
-        let key = format!("{file}:{entry}:{}", defines.join(","));
-        if let Some(p) = self.cache.get(&key) {
-            return Ok(p.clone());
-        }
-        let code = preprocess(source, defines).map_err(Error::Gpu)?;
-        let module = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(&key),
-            source: wgpu::ShaderSource::Wgsl(code.into()),
-        });
-        let kinds: Vec<u8> = binds.iter().map(|b| *b as u8).collect();
-        let (_, pl) = self.layouts.entry(kinds).or_insert_with(|| {
-            let entries: Vec<wgpu::BindGroupLayoutEntry> = binds
-                .iter()
-                .enumerate()
-                .map(|(b, kind)| {
-                    let ty = match kind {
-                        Bind::Read => wgpu::BufferBindingType::Storage { read_only: true },
-                        Bind::Write => wgpu::BufferBindingType::Storage { read_only: false },
-                        Bind::Uniform => wgpu::BufferBindingType::Uniform,
-                    };
-                    super::layout_entry(b as u32, ty)
-                })
-                .collect();
-            let layout = dev.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &entries });
-            let pl = dev.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: None,
-                bind_group_layouts: &[Some(&layout)],
-                immediate_size: 0,
-            });
-            (layout, pl)
-        });
-        let pipeline = dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(&key),
-            layout: Some(pl),
-            module: &module,
-            entry_point: Some(entry),
-            compilation_options: Default::default(),
-            cache: None,
-        });
-        self.cache.insert(key, pipeline.clone());
-        Ok(pipeline)
     }
 }
