@@ -4,9 +4,10 @@
 //
 //   node tools/bench-browser.mjs MODEL_DIR [--prompt WORDS] [--gen TOKENS] [--repeat N] [--context N]
 //                                [--schedule lane|workgroup] [--attention lane|workgroup] [--rows 1|2|4] [--tile 1|4|8]
-//                                [--activations f32|int8] [--profile]
+//                                [--activations f32|int8] [--profile] [--sample]
 // --profile: GPU time by kind of dispatch (timestamp queries, unrounded: Chromium runs with
-// its WebGPU developer features on).
+// its WebGPU developer features on). --sample: tokens picked with the demo's sampling
+// settings instead of greedily.
 // Needs `bash tools/web.sh build` first and playwright-core (tests/browser: npm ci).
 
 import fs from "node:fs";
@@ -36,6 +37,7 @@ try {
   // Matrix-product variants (default: the engine's choice).
   for (const k of ["schedule", "attention", "rows", "tile", "activations"]) if (arg(`--${k}`)) q.set(k, arg(`--${k}`));
   if (profile) q.set("profile", "1");
+  if (process.argv.includes("--sample")) q.set("sample", "1");
   await page.goto(`http://127.0.0.1:${port}/www/bench.html?${q}`);
   await page.waitForFunction(() => window.benchResult, null, { timeout: 0, polling: 1000 });
   console.log(JSON.stringify(await page.evaluate(() => window.benchResult), null, 1));

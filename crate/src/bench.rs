@@ -2,9 +2,11 @@
 //! median and spread, the load time and the GPU memory the model holds.
 //!
 //! A run prefills `prompt_tokens` fixed pseudo-random ids (the first token and the time to it
-//! come from that step: the GPU samples greedily and 4 bytes come back) and then decodes
-//! `gen_tokens` tokens one step at a time. The KV cache is emptied between repeats; an
-//! untimed warm-up step first compiles the pipelines.
+//! come from that step: the GPU picks the token and 4 bytes come back) and then decodes
+//! `gen_tokens` tokens one step at a time. Tokens are picked greedily, or with sampling
+//! settings (`puyu bench --sample`: `puyu run`'s defaults, whose draw costs more than an
+//! argmax). The KV cache is emptied between repeats; an untimed warm-up step first compiles
+//! the pipelines.
 
 use std::time::Instant;
 
@@ -12,6 +14,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::gpu::model::{GpuModel, Memory};
+use crate::sampling::{Sampler, SamplingParams};
 
 /// Median, min and max of a set of figures.
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -41,6 +44,8 @@ pub struct Report {
     pub prompt_tokens: usize,
     pub gen_tokens: usize,
     pub repeat: usize,
+    /// How tokens were picked: "greedy", or the sampling settings.
+    pub sampling: String,
     /// Opening the folder and uploading the weights, seconds.
     pub load_s: f64,
     pub prefill_tokens_per_s: Spread,
@@ -100,22 +105,41 @@ pub fn prompt(len: usize, vocab: usize) -> Vec<u32> {
     (0..len as u64).map(|i| if i == 0 { 1 } else { (259 + (i * 7919) % span) as u32 }).collect()
 }
 
-/// Times `repeat` runs of prefill + decode on `engine`.
-pub fn run(engine: &mut GpuModel, prompt_tokens: usize, gen_tokens: usize, repeat: usize) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+/// How `sampling` picks tokens, in words ("greedy" at temperature 0).
+pub fn describe_sampling(sampling: &SamplingParams) -> String {
+    let p = sampling;
+    if p.temperature == 0.0 {
+        return "greedy".into();
+    }
+    let penalty = if p.repeat_penalty == 1.0 { String::new() } else { format!(", repeat penalty {}", p.repeat_penalty) };
+    format!("temperature {}, top-k {}, top-p {}{penalty}", p.temperature, p.top_k, p.top_p)
+}
+
+/// Times `repeat` runs of prefill + decode on `engine`, picking tokens as `sampling` says
+/// (each run from the same seed).
+pub fn run(engine: &mut GpuModel, prompt_tokens: usize, gen_tokens: usize, repeat: usize, sampling: &SamplingParams) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
     let ids = prompt(prompt_tokens.max(1), engine.config.vocab_size);
+    // Picks the token after `tokens`; `history` holds the prompt and the tokens so far.
+    let step = |engine: &mut GpuModel, sampler: &mut Sampler, history: &mut Vec<u32>, tokens: &[u32]| -> Result<u32> {
+        let next = pollster::block_on(engine.forward_sample(tokens, sampler, history))?;
+        history.push(next);
+        Ok(next)
+    };
     // Warm-up, untimed: the first use of each pipeline compiles it on some drivers.
     engine.reset();
-    let next = pollster::block_on(engine.forward_greedy(&ids[..ids.len().min(2)]))?;
-    pollster::block_on(engine.forward_greedy(&[next]))?;
+    let (mut sampler, mut history) = (Sampler::new(sampling.clone()), ids.clone());
+    let next = step(engine, &mut sampler, &mut history, &ids[..ids.len().min(2)])?;
+    step(engine, &mut sampler, &mut history, &[next])?;
     let (mut prefill, mut decode, mut ttft) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..repeat.max(1) {
         engine.reset();
+        let (mut sampler, mut history) = (Sampler::new(sampling.clone()), ids.clone());
         let start = Instant::now();
-        let mut next = pollster::block_on(engine.forward_greedy(&ids))?;
+        let mut next = step(engine, &mut sampler, &mut history, &ids)?;
         let first = start.elapsed().as_secs_f64();
         let start = Instant::now();
         for _ in 0..gen_tokens {
-            next = pollster::block_on(engine.forward_greedy(&[next]))?;
+            next = step(engine, &mut sampler, &mut history, &[next])?;
         }
         let gen = start.elapsed().as_secs_f64();
         prefill.push(ids.len() as f64 / first);

@@ -170,6 +170,10 @@ mod cli {
             /// last decode step (timestamp queries; the adapter must have timestamp-query).
             #[arg(long, conflicts_with = "kernels")]
             profile: bool,
+            /// Pick tokens as `puyu run` does by default (temperature 0.8, top-k 50, top-p 0.8,
+            /// seed 0) instead of greedily, so the times include a sampled draw's.
+            #[arg(long, conflicts_with = "kernels")]
+            sample: bool,
             #[command(flatten)]
             gpu: GpuArgs,
         },
@@ -636,8 +640,9 @@ mod cli {
             Command::Bench { kernels: Some(shape), only, prompt_tokens, json, gpu, .. } => {
                 bench::kernels(&shape, only.as_deref(), prompt_tokens, json, gpu)
             }
-            Command::Bench { model, prompt_tokens, gen_tokens, repeat, json, profile, gpu, .. } => {
-                bench::run(&model, prompt_tokens, gen_tokens, repeat, json, GpuArgs { timestamps: profile, ..gpu })
+            Command::Bench { model, prompt_tokens, gen_tokens, repeat, json, profile, sample, gpu, .. } => {
+                let sampling = if sample { SamplingParams::default() } else { SamplingParams::greedy() };
+                bench::run(&model, prompt_tokens, gen_tokens, repeat, json, &sampling, GpuArgs { timestamps: profile, ..gpu })
             }
             Command::Tokenize { model, no_bos, text } => {
                 let ids = load_tokenizer(&model)?.encode(&text, !no_bos)?;
@@ -753,7 +758,7 @@ mod cli {
             Ok(())
         }
 
-        pub fn run(model: &str, prompt_tokens: usize, gen_tokens: usize, repeat: usize, json: bool, args: GpuArgs) -> anyhow::Result<()> {
+        pub fn run(model: &str, prompt_tokens: usize, gen_tokens: usize, repeat: usize, json: bool, sampling: &SamplingParams, args: GpuArgs) -> anyhow::Result<()> {
             let (dir, _keep) = model_dir(model)?;
             // Load time: opening the folder and uploading, not converting a tiny or HF model.
             let start = Instant::now();
@@ -765,7 +770,7 @@ mod cli {
             let device = &engine.gpu().device;
             device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| anyhow::anyhow!("{e}"))?;
             let load_s = start.elapsed().as_secs_f64();
-            let (prefill, decode, ttft) = puyu::bench::run(&mut engine, prompt_tokens, gen_tokens, repeat)?;
+            let (prefill, decode, ttft) = puyu::bench::run(&mut engine, prompt_tokens, gen_tokens, repeat, sampling)?;
             let g = engine.gpu();
             let decode = puyu::bench::Spread::of(&decode);
             let decode_weight_gb_per_s = engine.memory.decode_read as f64 * decode.median / 1e9;
@@ -779,6 +784,7 @@ mod cli {
                 prompt_tokens,
                 gen_tokens,
                 repeat,
+                sampling: puyu::bench::describe_sampling(sampling),
                 load_s,
                 prefill_tokens_per_s: puyu::bench::Spread::of(&prefill),
                 decode_tokens_per_s: decode,
@@ -801,6 +807,7 @@ mod cli {
             println!("{:<22} {:>10.2} s", "load", r.load_s);
             row(&format!("prefill ({prompt_tokens} tokens)"), r.prefill_tokens_per_s, "tok/s");
             row(&format!("decode ({gen_tokens} tokens)"), r.decode_tokens_per_s, "tok/s");
+            println!("{:<22} {:>10}", "tokens picked", r.sampling);
             row("time to first token", r.time_to_first_token_ms, "ms");
             let mb = |b: u64| b as f64 / 1e6;
             let m = r.memory_bytes;
