@@ -278,10 +278,11 @@ fn bench_json_has_every_field() {
     assert!(decode_bw > 0.0 && copy_bw > 0.0, "{v}");
     assert!((v["roofline_fraction"].as_f64().unwrap() - decode_bw / copy_bw).abs() < 1e-9, "{v}");
     assert!(v.get("profile").is_none(), "no profile unless asked: {v}");
+    assert_eq!(v["sampling"], "greedy");
 
     // --profile: the last repeat's prompt step (9 tokens) and 2 decode steps, by kind of
-    // dispatch, summed.
-    let out = puyu(&["bench", "--prompt-tokens", "9", "--gen-tokens", "2", "--repeat", "2", "--json", "--profile"]);
+    // dispatch, summed. --sample: tokens drawn as `puyu run` draws them.
+    let out = puyu(&["bench", "--prompt-tokens", "9", "--gen-tokens", "2", "--repeat", "2", "--json", "--profile", "--sample"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for (step, steps, tokens) in [("prefill", 1, 9), ("decode", 2, 2)] {
@@ -290,8 +291,12 @@ fn bench_json_has_every_field() {
         let rows = s["rows"].as_array().unwrap();
         let w2 = rows.iter().find(|r| r["name"] == "w2").unwrap_or_else(|| panic!("no w2 row: {s}"));
         assert_eq!(w2["dispatches"].as_u64(), Some(2 * steps), "one per layer and step: {s}");
+        // A top-k draw: the radix select's four counting passes, the gather, the finish.
+        let sample = rows.iter().find(|r| r["name"] == "sample").unwrap_or_else(|| panic!("no sample row: {s}"));
+        assert_eq!(sample["dispatches"].as_u64(), Some(6 * steps), "{s}");
         assert!(rows.iter().map(|r| r["ms"].as_f64().unwrap()).sum::<f64>() > 0.0, "{s}");
     }
+    assert_eq!(v["sampling"], "temperature 0.8, top-k 50, top-p 0.8");
 
     let out = puyu(&["bench", "--kernels", "tiny", "--prompt-tokens", "5", "--json", "--no-subgroups"]);
     assert!(out.status.success(), "{}", stderr(&out));
