@@ -14,13 +14,14 @@
 // comes first when the penalty is on (in place: the logits row is scratch once a draw is
 // asked for, and the host passes each recent token once).
 //
-//  - greedy: `best` (each workgroup's argmax over a CHUNK of the vocabulary), `finish`.
-//  - top-k with 1 ≤ k ≤ TOP_K_MAX (the usual case): a radix select finds the key of the k-th
-//    best token in four passes over the vocabulary, one 8-bit digit of the key each
-//    (`count0`…`count3`, every workgroup adding its chunk's digit histogram to the shared
-//    one); `gather` collects the tokens above that key (and those equal to it, when they
-//    fit); `finish` ranks the ≤ CAP candidates and does steps 4–6 in one lane, in rank
-//    order, with the reference's arithmetic. Every pass but the last spreads over the whole
+//  - greedy: `best` (CAP lanes' argmaxes over strided shares of the vocabulary), `best_of`.
+//  - top-k with 1 ≤ k ≤ TOP_K_MAX (the usual case): a radix select narrows down the key of
+//    the k-th best token one 8-bit digit a pass (`count0`…`count3`, every workgroup adding
+//    its chunk's digit histogram to the shared one) until the tokens from its bin up fit
+//    the CAP candidate slots (usually after one or two digits; the later passes then return
+//    at once); `gather` collects them (or, when the k-th key's ties never fit, the tokens
+//    above it); `finish` ranks the candidates and does steps 4–6 in one lane, in rank
+//    order, with the reference's arithmetic. Every pass but the last spreads over the
 //    device, instead of one workgroup making ~70 passes over the vocabulary.
 //  - top-k off or above TOP_K_MAX: `sample_all`, one workgroup over the whole vocabulary.
 //    Nothing is sorted: each cut ("the tokens ranked at or above some token") is found by a
@@ -46,14 +47,17 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> out: array<u32>;     // [1]: the chosen id
 // The select state, zeroed by the host before a draw: four 256-bin digit histograms
 // (HIST), the number of candidates gathered (COUNT), and their ids (CAND, CAP of them; in
-// greedy draws each workgroup's best).
+// greedy draws each `best` lane's best).
 @group(0) @binding(4) var<storage, read_write> sel: array<atomic<u32>>;
 @group(0) @binding(5) var<uniform> p: Params;
 
-const LANES: u32 = 256u;     // lanes of the one-workgroup kernels (SwiftShader's limit)
-const PART: u32 = 64u;       // lanes of the vocabulary-wide passes
-const CHUNK: u32 = 2048u;    // tokens per workgroup in those passes (crate/src/gpu/sampler.rs)
-const TOP_K_MAX: u32 = 256u; // the largest k of the radix select (one rank per lane in finish)
+const LANES: u32 = 256u;     // lanes of sample_all (SwiftShader's limit)
+const PART: u32 = 64u;       // lanes of the other passes' workgroups
+// Tokens per workgroup of the radix select's passes (crate/src/gpu/sampler.rs): few
+// workgroups, since CPU drivers pay for each that synchronises (2,048 a workgroup made
+// SwiftShader's counting passes 2.9× slower over the 92,544 logits).
+const CHUNK: u32 = 16384u;
+const TOP_K_MAX: u32 = 256u; // the largest k of the radix select (finish's ranked list)
 const CAP: u32 = 512u;       // candidate slots
 const HIST: u32 = 0u;
 const COUNT: u32 = 1024u;
@@ -98,31 +102,36 @@ fn before(v: f32, i: u32, w: f32, j: u32) -> bool {
     return i != NONE && (j == NONE || v > w || (v == w && i < j));
 }
 
+// Each of CAP lanes takes the best of every CAP-th token from its own index on (adjacent
+// lanes read adjacent logits), with no shared memory and no barriers: CPU drivers make a
+// workgroup that synchronises cost far more than the loads (SwiftShader ~10×).
 @compute @workgroup_size(64)
-fn best(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wg: vec3<u32>) {
-    let end = min((wg.x + 1u) * CHUNK, p.vocab);
+fn best(@builtin(global_invocation_id) id: vec3<u32>) {
     var bv = 0.0;
     var bi = NONE;
-    for (var i = wg.x * CHUNK + lane; i < end; i += PART) {
+    for (var i = id.x; i < p.vocab; i += CAP) {
         let v = logit(i);
         if (before(v, i, bv, bi)) {
             bv = v;
             bi = i;
         }
     }
-    red[lane] = bv;
-    red_i[lane] = bi;
-    workgroupBarrier();
-    for (var s = PART / 2u; s > 0u; s /= 2u) {
-        if (lane < s && before(red[lane + s], red_i[lane + s], red[lane], red_i[lane])) {
-            red[lane] = red[lane + s];
-            red_i[lane] = red_i[lane + s];
+    atomicStore(&sel[CAND + id.x], bi);
+}
+
+// The best of the lanes' bests, in one invocation.
+@compute @workgroup_size(1)
+fn best_of() {
+    var bv = 0.0;
+    var bi = NONE;
+    for (var g = 0u; g < CAP; g++) {
+        let i = atomicLoad(&sel[CAND + g]);
+        if (i != NONE && before(logit(i), i, bv, bi)) {
+            bv = logit(i);
+            bi = i;
         }
-        workgroupBarrier();
     }
-    if (lane == 0u) {
-        atomicStore(&sel[CAND + wg.x], red_i[0]);
-    }
+    out[0] = bi;
 }
 
 // ---- top-k by radix select ----
@@ -131,14 +140,19 @@ fn top_k() -> u32 {
     return min(p.top_k, p.vocab);
 }
 
-// The top-k's cut after `rounds` digits, from their histograms: (the key bits fixed so
-// far, how many of the tokens whose key starts with them are still to be taken, how many
-// tokens that is).
-fn resolve(rounds: u32) -> vec3<u32> {
+// The top-k's cut from the histograms of up to `rounds` digits: x the key bits fixed so far
+// (the rest 0), y how many of the tokens whose key starts with them are still to be taken
+// (after the k − y above), z how many such tokens there are, and w = 1 once every token
+// from there up fits the candidate slots: then the later digits are not needed (those
+// tokens are gathered and ranked whole), usually after one or two rounds.
+fn resolve(rounds: u32) -> vec4<u32> {
     var prefix = 0u;
     var need = top_k();
     var have = p.vocab;
     for (var r = 0u; r < rounds; r++) {
+        if (top_k() - need + have <= CAP) {
+            break;
+        }
         // From the highest digit down, to the bin where the k-th best falls.
         var d = 255u;
         var c = atomicLoad(&sel[HIST + r * 256u + d]);
@@ -150,20 +164,24 @@ fn resolve(rounds: u32) -> vec3<u32> {
         prefix |= d << (24u - 8u * r);
         have = c;
     }
-    return vec3<u32>(prefix, need, have);
+    return vec4<u32>(prefix, need, have, select(0u, 1u, top_k() - need + have <= CAP));
 }
 
 // Adds the histogram of digit `round` (bits 31−8·round … 24−8·round of the key) over this
-// workgroup's chunk, among the tokens whose higher digits are the cut's so far.
+// workgroup's chunk, among the tokens whose higher digits are the cut's so far; nothing
+// once the cut is settled.
 fn count(round: u32, lane: u32, wg: u32) {
     for (var b = lane; b < 256u; b += PART) {
         atomicStore(&bins[b], 0u);
     }
     if (lane == 0u) {
-        cut = vec4<u32>(resolve(round), 0u);
+        cut = resolve(round);
     }
-    workgroupBarrier();
-    let prefix = cut.x;
+    let c = workgroupUniformLoad(&cut);
+    if (c.w == 1u) {
+        return;
+    }
+    let prefix = c.x;
     let shift = 24u - 8u * round;
     let end = min((wg + 1u) * CHUNK, p.vocab);
     for (var i = wg * CHUNK + lane; i < end; i += PART) {
@@ -174,9 +192,9 @@ fn count(round: u32, lane: u32, wg: u32) {
     }
     workgroupBarrier();
     for (var b = lane; b < 256u; b += PART) {
-        let c = atomicLoad(&bins[b]);
-        if (c > 0u) {
-            atomicAdd(&sel[HIST + round * 256u + b], c);
+        let n = atomicLoad(&bins[b]);
+        if (n > 0u) {
+            atomicAdd(&sel[HIST + round * 256u + b], n);
         }
     }
 }
@@ -201,26 +219,21 @@ fn count3(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wg:
     count(3u, lane, wg.x);
 }
 
-// The k-th best key t is known: `need` of the `ties` tokens with key t are in the top k,
-// after the k − need above it. Ties are gathered only when all fit (finish picks the
-// lowest ids among them); otherwise finish scans for them in id order.
-fn ties_fit(c: vec3<u32>) -> bool {
-    return c.z <= CAP - (top_k() - c.y);
-}
-
+// Settled: every token whose key is at least the cut's prefix (then at most CAP, the top k
+// among them). Otherwise all four digits are fixed, the cut is the k-th best key t, and
+// its ties do not fit: the tokens above t, and finish takes the `need` ties of lowest id.
 @compute @workgroup_size(64)
 fn gather(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     if (lane == 0u) {
-        let c = resolve(4u);
-        cut = vec4<u32>(c, select(0u, 1u, ties_fit(c)));
+        cut = resolve(4u);
     }
     workgroupBarrier();
     let t = cut.x;
-    let with_ties = cut.w == 1u;
+    let settled = cut.w == 1u;
     let end = min((wg.x + 1u) * CHUNK, p.vocab);
     for (var i = wg.x * CHUNK + lane; i < end; i += PART) {
         let k = key(logit(i));
-        if (k > t || (k == t && with_ties)) {
+        if (k > t || (k == t && settled)) {
             let slot = atomicAdd(&sel[COUNT], 1u);
             if (slot < CAP) {
                 atomicStore(&sel[CAND + slot], i);
@@ -229,43 +242,27 @@ fn gather(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wg:
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(64)
 fn finish(@builtin(local_invocation_index) lane: u32) {
-    if (p.temperature == 0.0) {
-        // Greedy: the best of the workgroups' bests.
-        if (lane == 0u) {
-            var bv = 0.0;
-            var bi = NONE;
-            for (var g = 0u; g < (p.vocab + CHUNK - 1u) / CHUNK; g++) {
-                let i = atomicLoad(&sel[CAND + g]);
-                if (i != NONE && before(logit(i), i, bv, bi)) {
-                    bv = logit(i);
-                    bi = i;
-                }
-            }
-            out[0] = bi;
-        }
-        return;
-    }
     if (lane == 0u) {
         let c = resolve(4u);
-        cut = vec4<u32>(c.x, c.y, select(0u, 1u, ties_fit(c)), min(atomicLoad(&sel[COUNT]), CAP));
+        cut = vec4<u32>(c.x, c.y, c.w, min(atomicLoad(&sel[COUNT]), CAP));
         taken = 0u;
     }
     let c = workgroupUniformLoad(&cut);
     let t = c.x;
     let need = c.y;
     let gathered = c.w;
-    for (var j = lane; j < gathered; j += LANES) {
+    for (var j = lane; j < gathered; j += PART) {
         let i = atomicLoad(&sel[CAND + j]);
         cand_id[j] = i;
         cand_key[j] = key(logit(i));
     }
-    // Too many ties to gather: the first `need` tokens of key t in id order, 256 ids a
+    // Too many ties to gather: the first `need` tokens of key t in id order, PART ids a
     // round, each lane's place among them from a prefix sum of the round's matches.
     var m = gathered;
     if (c.z == 0u) {
-        for (var base = 0u; base < p.vocab; base += LANES) {
+        for (var base = 0u; base < p.vocab; base += PART) {
             if (workgroupUniformLoad(&taken) >= need) {
                 break;
             }
@@ -273,7 +270,7 @@ fn finish(@builtin(local_invocation_index) lane: u32) {
             let hit = select(0u, 1u, i < p.vocab && key(logit(i)) == t);
             red_i[lane] = hit;
             workgroupBarrier();
-            for (var s = 1u; s < LANES; s *= 2u) {
+            for (var s = 1u; s < PART; s *= 2u) {
                 let add = select(0u, red_i[lane - s], lane >= s);
                 workgroupBarrier();
                 red_i[lane] += add;
@@ -286,7 +283,7 @@ fn finish(@builtin(local_invocation_index) lane: u32) {
             }
             workgroupBarrier();
             if (lane == 0u) {
-                taken += red_i[LANES - 1u];
+                taken += red_i[PART - 1u];
             }
         }
         m = gathered + need;
@@ -294,7 +291,7 @@ fn finish(@builtin(local_invocation_index) lane: u32) {
     workgroupBarrier();
     // Rank of each candidate among the others; the top k land in rank order.
     let k = top_k();
-    for (var j = lane; j < m; j += LANES) {
+    for (var j = lane; j < m; j += PART) {
         var r = 0u;
         for (var q = 0u; q < m; q++) {
             if (cand_key[q] > cand_key[j] || (cand_key[q] == cand_key[j] && cand_id[q] < cand_id[j])) {

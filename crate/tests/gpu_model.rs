@@ -495,7 +495,7 @@ fn profile_times_every_dispatch() {
         let want: Vec<&str> = ["embed"].into_iter().chain(per_layer.iter().copied()).chain(["final_norm", "output", "sample"]).collect();
         assert_eq!(names, want);
         for r in &step.rows {
-            // A greedy draw is two passes: each workgroup's best, then the best of those.
+            // A greedy draw is two passes: 512 lanes' bests, then the best of those.
             let n = if per_layer.contains(&r.name) { layers } else if r.name == "sample" { 2 } else { 1 };
             assert_eq!(r.dispatches, n, "{}", r.name);
             assert!(r.ms.is_finite() && r.ms >= 0.0, "{}: {} ms", r.name, r.ms);

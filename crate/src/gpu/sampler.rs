@@ -3,9 +3,13 @@
 //! 4-byte token id instead of the logits.
 //!
 //! Which dispatches run depends on the draw (see the shader's header): greedy draws take
-//! each workgroup's argmax then the best of those; top-k draws with k ≤ 256 (the usual
-//! settings) find the k-th best by a radix select spread over the device and finish on the
-//! candidates only; other draws (top-k off, or larger) run one workgroup over the vocabulary.
+//! CAP lanes' argmaxes then the best of those; top-k draws with k ≤ 256 (the usual
+//! settings) narrow the vocabulary down to at most CAP candidates by a radix select spread
+//! over the device and finish on those only; other draws (top-k off, or larger) run one
+//! workgroup over the vocabulary.
+//!
+//! CPU drivers (lavapipe, SwiftShader) pay dearly for workgroups that synchronise, so the
+//! passes over the vocabulary use few of them (CHUNK tokens each) or none (greedy).
 
 use wgpu::util::DeviceExt;
 
@@ -16,10 +20,10 @@ use crate::error::{Error, Result};
 use crate::sampling::Draw;
 
 /// Tokens per workgroup in the vocabulary-wide passes (`CHUNK` in sample.wgsl).
-const CHUNK: u32 = 2048;
+const CHUNK: u32 = 16384;
 /// The largest top-k of the radix select (`TOP_K_MAX`).
 const TOP_K_MAX: u32 = 256;
-/// Candidate slots of the select state (`CAP`): also each greedy workgroup's best.
+/// Candidate slots of the select state (`CAP`), and the lanes of a greedy draw's `best`.
 const CAP: u32 = 512;
 /// Bytes of the select state the host zeroes before a top-k draw: four 256-bin histograms
 /// and the candidate count (`HIST`, `COUNT`).
@@ -32,6 +36,7 @@ pub struct GpuSampler {
     vocab: u32,
     penalize: wgpu::ComputePipeline,
     best: wgpu::ComputePipeline,
+    best_of: wgpu::ComputePipeline,
     count: [wgpu::ComputePipeline; 4],
     gather: wgpu::ComputePipeline,
     finish: wgpu::ComputePipeline,
@@ -49,16 +54,17 @@ impl GpuSampler {
     /// A sampler over `logits` (rows of `vocab` floats, which draws penalise in place), with
     /// room for `recent_capacity` recent tokens.
     pub fn new(gpu: &Gpu, logits: &wgpu::Buffer, vocab: usize, recent_capacity: usize) -> Result<GpuSampler> {
-        // Every vocabulary-wide workgroup leaves its best in a candidate slot.
-        let groups = (vocab as u64).div_ceil(CHUNK as u64);
-        if vocab == 0 || groups > CAP as u64 {
-            return Err(Error::Gpu(format!("the GPU sampler takes vocabularies of 1 to {} tokens, not {vocab}", CHUNK * CAP)));
-        }
+        // The vocabulary-wide passes take a workgroup per CHUNK tokens, in one dispatch.
         let dev = &gpu.device;
+        let most = dev.limits().max_compute_workgroups_per_dimension as u64 * CHUNK as u64;
+        if vocab == 0 || vocab as u64 > most {
+            return Err(Error::Gpu(format!("the GPU sampler takes vocabularies of 1 to {most} tokens, not {vocab}")));
+        }
         let binds = [Bind::Write, Bind::Read, Bind::Write, Bind::Write, Bind::Write, Bind::Uniform];
         let mut pipelines = Pipelines::default();
         let mut get = |entry: &str| pipelines.get(dev, "sample", shaders::SAMPLE, entry, &[], &binds);
-        let (penalize, best, gather, finish, all) = (get("penalize")?, get("best")?, get("gather")?, get("finish")?, get("sample_all")?);
+        let (penalize, best, best_of) = (get("penalize")?, get("best")?, get("best_of")?);
+        let (gather, finish, all) = (get("gather")?, get("finish")?, get("sample_all")?);
         let count = [get("count0")?, get("count1")?, get("count2")?, get("count3")?];
         let storage = |label: &str, bytes: u64| {
             dev.create_buffer(&wgpu::BufferDescriptor {
@@ -83,7 +89,7 @@ impl GpuSampler {
             .map(|(b, buf)| wgpu::BindGroupEntry { binding: b as u32, resource: buf.as_entire_binding() })
             .collect();
         let bind = dev.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("sampling"), layout: &finish.get_bind_group_layout(0), entries: &entries });
-        Ok(GpuSampler { vocab: vocab as u32, penalize, best, count, gather, finish, all, bind, params, recent, recent_capacity, work, select, chosen })
+        Ok(GpuSampler { vocab: vocab as u32, penalize, best, best_of, count, gather, finish, all, bind, params, recent, recent_capacity, work, select, chosen })
     }
 
     /// Bytes of GPU memory it holds (besides the logits).
@@ -117,7 +123,7 @@ impl GpuSampler {
             passes.push((&self.penalize, 1));
         }
         if draw.temperature == 0.0 {
-            passes.extend([(&self.best, groups), (&self.finish, 1)]);
+            passes.extend([(&self.best, CAP / 64), (&self.best_of, 1)]);
         } else if (1..=TOP_K_MAX).contains(&draw.top_k) {
             enc.clear_buffer(&self.select, 0, Some(SELECT_HEADER));
             passes.extend(self.count.iter().map(|c| (c, groups)));
