@@ -104,7 +104,8 @@ fn before(v: f32, i: u32, w: f32, j: u32) -> bool {
 
 // Each of CAP lanes takes the best of every CAP-th token from its own index on (adjacent
 // lanes read adjacent logits), with no shared memory and no barriers: CPU drivers make a
-// workgroup that synchronises cost far more than the loads (SwiftShader ~10×).
+// workgroup that synchronises cost far more than the loads (on SwiftShader this pass took
+// 3.9 ms as 46 workgroups with a reduction in shared memory, 0.6 ms so).
 @compute @workgroup_size(64)
 fn best(@builtin(global_invocation_id) id: vec3<u32>) {
     var bv = 0.0;

@@ -11,10 +11,10 @@
 
 use puyu::gpu::lab::{self, Buf, Launch};
 use puyu::gpu::model::{kv_splits, lane_keys, lane_splits, rows_splits};
+use puyu::gpu::sampler::GpuSampler;
 use puyu::gpu::{shaders, FeatureWish, Gpu};
 use puyu::quant::Quant;
 use puyu::reference;
-use puyu::gpu::sampler::GpuSampler;
 use puyu::sampling::{Draw, Sampler, SamplingParams};
 
 fn gpu(wish: FeatureWish) -> Gpu {
