@@ -246,6 +246,7 @@ fn gather(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wg:
 @compute @workgroup_size(64)
 fn finish(@builtin(local_invocation_index) lane: u32) {
     if (lane == 0u) {
+        // (the cut's key bits, ties still to take, settled, candidates gathered)
         let c = resolve(4u);
         cut = vec4<u32>(c.x, c.y, c.w, min(atomicLoad(&sel[COUNT]), CAP));
         taken = 0u;

@@ -14,12 +14,15 @@ pub(crate) enum Bind {
     Uniform,
 }
 
-/// Compiled pipelines, by (file, entry point, defines), and their bind group layouts, by
-/// binding kinds: pipelines with the same kinds share one layout, so a step's bind group
-/// serves both its pipelines (matrix products: plain and token-tiled).
+/// Compiled pipelines, by (file, entry point, defines); their shader modules, by (file,
+/// defines), so the entry points of one file (the sampler's eight) are parsed once; and
+/// their bind group layouts, by binding kinds: pipelines with the same kinds share one
+/// layout, so a step's bind group serves both its pipelines (matrix products: plain and
+/// token-tiled).
 #[derive(Default)]
 pub(crate) struct Pipelines {
     cache: HashMap<String, wgpu::ComputePipeline>,
+    modules: HashMap<String, wgpu::ShaderModule>,
     layouts: HashMap<Vec<u8>, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
 }
 
@@ -33,15 +36,23 @@ impl Pipelines {
         defines: &[&str],
         binds: &[Bind],
     ) -> Result<wgpu::ComputePipeline> {
+        let variant = format!("{file}:{}", defines.join(","));
         let key = format!("{file}:{entry}:{}", defines.join(","));
         if let Some(p) = self.cache.get(&key) {
             return Ok(p.clone());
         }
-        let code = preprocess(source, defines).map_err(Error::Gpu)?;
-        let module = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(&key),
-            source: wgpu::ShaderSource::Wgsl(code.into()),
-        });
+        let module = match self.modules.get(&variant) {
+            Some(m) => m.clone(),
+            None => {
+                let code = preprocess(source, defines).map_err(Error::Gpu)?;
+                let m = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(&variant),
+                    source: wgpu::ShaderSource::Wgsl(code.into()),
+                });
+                self.modules.insert(variant, m.clone());
+                m
+            }
+        };
         let kinds: Vec<u8> = binds.iter().map(|b| *b as u8).collect();
         let (_, pl) = self.layouts.entry(kinds).or_insert_with(|| {
             let entries: Vec<wgpu::BindGroupLayoutEntry> = binds
