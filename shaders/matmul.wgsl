@@ -77,20 +77,15 @@ fn token_bases(t0: u32) -> array<u32, TILE> {
     return b;
 }
 
-// The 8 weights of packed word `word` as two vec4s (Q4: nibble i is weight i, value q − 8).
+// The 8 weights of packed word `word` as two vec4s (Q4: nibble i is weight i, value q − 8),
+// masked in place and scaled down rather than shifted (see x_group: CPU drivers pay for
+// vector shifts).
 fn nibbles(word: u32) -> array<vec4<f32>, 2> {
     let v = vec4<u32>(word);
-    let lo = vec4<f32>((v >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u)) - 8.0;
-    let hi = vec4<f32>((v >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u)) - 8.0;
+    let down = vec4<f32>(1.0, 0.0625, 0.00390625, 0.000244140625); // 16^-s, s = 0 … 3
+    let lo = vec4<f32>(v & vec4<u32>(0xFu, 0xF0u, 0xF00u, 0xF000u)) * down - 8.0;
+    let hi = vec4<f32>(v & vec4<u32>(0xF0000u, 0xF00000u, 0xF000000u, 0xF0000000u)) * (down * 1.52587890625e-05) - 8.0;
     return array<vec4<f32>, 2>(lo, hi);
-}
-
-// The 8 weights of packed word `word` (Q4) times xa (weights 0–3) and xb (4–7).
-fn dot8(word: u32, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
-    let v = vec4<u32>(word);
-    let lo = vec4<f32>((v >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u)) - 8.0;
-    let hi = vec4<f32>((v >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u)) - 8.0;
-    return dot(lo, xa) + dot(hi, xb);
 }
 
 // The 4 signed bytes of a word (Q8), sign-extended.
@@ -145,14 +140,52 @@ fn load_x(k: u32) -> X8 {
 }
 #endif
 
-// Σ over group `g` of row `row` of its 32 weights times xs (its 8 vec4s of x), unscaled,
-// with no private arrays: SwiftShader (Chromium's CPU WebGPU) keeps dynamically indexed
-// private arrays in memory, so the decode kernel below avoids them.
-fn group_dot(row: u32, g: u32, xs: X8) -> f32 {
+#if Q4
+// A group's x as the decode kernel's q4 products take it: each value x_i times 16^-s, s = i
+// mod 8 being its weight's nibble in a packed word, and Σ x_i for the q4 offset. Then
+// (q & (15 << 4s)) — nibble s still in place, n_s · 16^s, exact as a float — times x_i · 16^-s
+// is n_s · x_i with no shift: CPU drivers run a lane as one slot of a SIMD register, and
+// SwiftShader's JIT (Subzero) breaks vector shifts into one shift per slot, so unpacking by
+// masks takes w2's one-token product (2048×8192) from 13.3 to 9.0–10.0 ms there, below
+// dot4I8Packed on 8-bit activations, which SwiftShader emulates.
+struct XGroup {
+    v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>,
+    v4: vec4<f32>, v5: vec4<f32>, v6: vec4<f32>, v7: vec4<f32>,
+    sum: f32,
+}
+
+fn x_group(xs: X8) -> XGroup {
+    let lo = vec4<f32>(1.0, 0.0625, 0.00390625, 0.000244140625); // 16^-s, s = 0 … 3
+    let hi = lo * 1.52587890625e-05;                               // s = 4 … 7
+    let t = xs.v0 + xs.v1 + xs.v2 + xs.v3 + xs.v4 + xs.v5 + xs.v6 + xs.v7;
+    return XGroup(xs.v0 * lo, xs.v1 * hi, xs.v2 * lo, xs.v3 * hi, xs.v4 * lo, xs.v5 * hi, xs.v6 * lo, xs.v7 * hi,
+        t.x + t.y + t.z + t.w);
+}
+
+// Σ n_s · x_s over packed word `q`, its nibbles masked in place (lo, hi: x_group's values).
+fn masked_dot8(q: u32, lo: vec4<f32>, hi: vec4<f32>) -> f32 {
+    let v = vec4<u32>(q);
+    let a = vec4<f32>(v & vec4<u32>(0xFu, 0xF0u, 0xF00u, 0xF000u));
+    let b = vec4<f32>(v & vec4<u32>(0xF0000u, 0xF00000u, 0xF000000u, 0xF0000000u));
+    return dot(a, lo) + dot(b, hi);
+}
+#else
+alias XGroup = X8;
+
+fn x_group(xs: X8) -> X8 {
+    return xs;
+}
+#endif
+
+// Σ over group `g` of row `row` of its 32 weights times its x (x_group), unscaled, with no
+// private arrays: SwiftShader (Chromium's CPU WebGPU) keeps dynamically indexed private
+// arrays in memory, so the decode kernel below avoids them.
+fn group_dot(row: u32, g: u32, xs: XGroup) -> f32 {
     let at = row * (p.cols / 32u) + g;
 #if Q4
     let q = w[at];
-    return dot8(q.x, xs.v0, xs.v1) + dot8(q.y, xs.v2, xs.v3) + dot8(q.z, xs.v4, xs.v5) + dot8(q.w, xs.v6, xs.v7);
+    return masked_dot8(q.x, xs.v0, xs.v1) + masked_dot8(q.y, xs.v2, xs.v3) + masked_dot8(q.z, xs.v4, xs.v5)
+        + masked_dot8(q.w, xs.v6, xs.v7) - 8.0 * xs.sum;
 #endif
 #if Q8
     let a = w[2u * at];
@@ -383,7 +416,7 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     // One token (decode): each row's group summed straight from its packed words.
     for (var g = 0u; g < groups; g++) {
         let k = min(t0, p.tokens - 1u) * (p.cols / 4u) + g * 8u;
-        let xs = load_x(k);
+        let xs = x_group(load_x(k));
         var s = vec4<f32>(group_dot(rows.x, g, xs) * group_scale(rows.x, g), 0.0, 0.0, 0.0);
 #if ROWS2
         s.y = group_dot(rows.y, g, xs) * group_scale(rows.y, g);

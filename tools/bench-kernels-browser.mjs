@@ -6,7 +6,8 @@
 //   node tools/bench-kernels-browser.mjs --rows R --cols K [--tokens T] [--repeat N] [VARIANT …]
 //
 // VARIANT: matmul.wgsl defines joined by '+', Q4 implied (default: the engine's choices on
-// SwiftShader and their neighbours). The same random inputs go to every variant: weights
+// SwiftShader and their neighbours); FILE.wgsl:DEFINES takes another file with matmul.wgsl's
+// bindings and dispatch (a kernel being tried out). The same random inputs go to every variant: weights
 // (random nibbles, scales of 2^-7), and activations as 8-bit blocks (XQ8 variants) or as the
 // floats those blocks stand for (the others), so both kinds compute the same product.
 // Needs playwright-core (tests/browser: npm ci) and Debian's chromium.
@@ -53,14 +54,16 @@ function preprocess(source, defines) {
   return out.join("\n");
 }
 
-const source = fs.readFileSync(path.join(ROOT, "shaders/matmul.wgsl"), "utf8");
 const variants = (named.length ? named : defaults).map((name) => {
-  const defines = ["Q4", ...name.split("+").filter(Boolean)];
+  const [file, list] = name.includes(".wgsl:") ? name.split(".wgsl:").map((s, i) => (i ? s : `${s}.wgsl`)) : ["shaders/matmul.wgsl", name];
+  const source = fs.readFileSync(path.resolve(ROOT, file), "utf8");
+  const defines = ["Q4", ...list.split("+").filter(Boolean)];
   const perLane = defines.includes("ROWS4") ? 4 : defines.includes("ROWS2") ? 2 : 1;
   return {
     name: name || "WORKGROUP",
     code: preprocess(source, defines),
     xq8: defines.includes("XQ8"),
+    xpair: defines.includes("XPAIR"),
     // Workgroups: a lane per row (64 · rows per lane to a workgroup) or a workgroup per row.
     groups: defines.includes("ROW_PER_LANE") ? Math.ceil(rows / (64 * perLane)) : rows,
     tile: defines.includes("TILE8") ? 8 : defines.includes("TILE4") ? 4 : 1,
@@ -97,6 +100,16 @@ try {
       xqf[b * 12 + 8] = d;
       xqf[b * 12 + 9] = sum;
     }
+    // The same blocks as pair words (XPAIR): per block 4 vec4<i32> (component i of vec4 j:
+    // (q[8i+j] << 16) + q[8i+j+4]), then (d, Σq as i32, 0, 0).
+    const xp = new Int32Array(tokens * groups * 20);
+    for (let b = 0; b < tokens * groups; b++) {
+      let sum = 0;
+      for (let j = 0; j < 4; j++) for (let i = 0; i < 4; i++) xp[b * 20 + 4 * j + i] = (q[b * 32 + 8 * i + j] << 16) + q[b * 32 + 8 * i + j + 4];
+      for (let i = 0; i < 32; i++) sum += q[b * 32 + i];
+      xp[b * 20 + 16] = new Int32Array(new Float32Array([d]).buffer)[0];
+      xp[b * 20 + 17] = sum;
+    }
     // The floats those blocks stand for (the f32 variants' input: the same product).
     const x = Float32Array.from(q, (v) => d * v);
     // The product in double precision over the first rows (all, up to 2·10^8 multiply-adds):
@@ -121,7 +134,7 @@ try {
       buffer.unmap();
       return buffer;
     };
-    const [wb, sb, xqb, xb] = [w, scales, xq, x].map((a) => upload(a));
+    const [wb, sb, xqb, xb, xpb] = [w, scales, xq, x, xp].map((a) => upload(a));
     const params = upload(new Uint32Array([rows, cols, tokens, rows, 0, 0, 0, 0]), GPUBufferUsage.UNIFORM);
     const runs = [];
     for (const v of variants) {
@@ -132,7 +145,7 @@ try {
       const y = device.createBuffer({ size: tokens * rows * 4, usage });
       const bind = device.createBindGroup({
         layout: pipeline.getBindGroupLayout(0),
-        entries: [v.xq8 ? xqb : xb, wb, sb, y, params].map((buffer, binding) => ({ binding, resource: { buffer } })),
+        entries: [v.xpair ? xpb : v.xq8 ? xqb : xb, wb, sb, y, params].map((buffer, binding) => ({ binding, resource: { buffer } })),
       });
       runs.push({ v, pipeline, bind, y, ms: [] });
     }
