@@ -29,7 +29,7 @@ const flags = new Set(["--rows", "--cols", "--tokens", "--repeat"]);
 const named = process.argv.slice(2).filter((a, i, all) => !flags.has(a) && !flags.has(all[i - 1]));
 const defaults = tokens > 1
   ? ["ROW_PER_LANE+ROWS2+ROWS4+TILE8", "ROW_PER_LANE+ROWS2+ROWS4+TILE4", "ROW_PER_LANE+ROWS2+ROWS4+XQ8+TILE8", "ROW_PER_LANE+ROWS2+ROWS4+XQ8+TILE4"]
-  : ["ROW_PER_LANE+ROWS2+XQ8", "ROW_PER_LANE+ROWS2+ROWS4+XQ8", "ROW_PER_LANE+XQ8", "ROW_PER_LANE+ROWS2+ROWS4", ""];
+  : ["ROW_PER_LANE+ROWS2+ROWS4", "ROW_PER_LANE+ROWS2", "ROW_PER_LANE+ROWS2+ROWS4+XQ8", "ROW_PER_LANE+ROWS2+XQ8", ""];
 if (cols % 32 || !(rows > 0) || !(tokens > 0)) throw new Error("--cols must be a multiple of 32; --rows and --tokens positive");
 
 // matmul.wgsl's preprocessor (crate/src/gpu/preprocess.rs): #if A | B, #else, #endif.
@@ -63,7 +63,6 @@ const variants = (named.length ? named : defaults).map((name) => {
     name: name || "WORKGROUP",
     code: preprocess(source, defines),
     xq8: defines.includes("XQ8"),
-    xpair: defines.includes("XPAIR"),
     // Workgroups: a lane per row (64 · rows per lane to a workgroup) or a workgroup per row.
     groups: defines.includes("ROW_PER_LANE") ? Math.ceil(rows / (64 * perLane)) : rows,
     tile: defines.includes("TILE8") ? 8 : defines.includes("TILE4") ? 4 : 1,
@@ -100,16 +99,6 @@ try {
       xqf[b * 12 + 8] = d;
       xqf[b * 12 + 9] = sum;
     }
-    // The same blocks as pair words (XPAIR): per block 4 vec4<i32> (component i of vec4 j:
-    // (q[8i+j] << 16) + q[8i+j+4]), then (d, Σq as i32, 0, 0).
-    const xp = new Int32Array(tokens * groups * 20);
-    for (let b = 0; b < tokens * groups; b++) {
-      let sum = 0;
-      for (let j = 0; j < 4; j++) for (let i = 0; i < 4; i++) xp[b * 20 + 4 * j + i] = (q[b * 32 + 8 * i + j] << 16) + q[b * 32 + 8 * i + j + 4];
-      for (let i = 0; i < 32; i++) sum += q[b * 32 + i];
-      xp[b * 20 + 16] = new Int32Array(new Float32Array([d]).buffer)[0];
-      xp[b * 20 + 17] = sum;
-    }
     // The floats those blocks stand for (the f32 variants' input: the same product).
     const x = Float32Array.from(q, (v) => d * v);
     // The product in double precision over the first rows (all, up to 2·10^8 multiply-adds):
@@ -134,7 +123,7 @@ try {
       buffer.unmap();
       return buffer;
     };
-    const [wb, sb, xqb, xb, xpb] = [w, scales, xq, x, xp].map((a) => upload(a));
+    const [wb, sb, xqb, xb] = [w, scales, xq, x].map((a) => upload(a));
     const params = upload(new Uint32Array([rows, cols, tokens, rows, 0, 0, 0, 0]), GPUBufferUsage.UNIFORM);
     const runs = [];
     for (const v of variants) {
@@ -145,7 +134,7 @@ try {
       const y = device.createBuffer({ size: tokens * rows * 4, usage });
       const bind = device.createBindGroup({
         layout: pipeline.getBindGroupLayout(0),
-        entries: [v.xpair ? xpb : v.xq8 ? xqb : xb, wb, sb, y, params].map((buffer, binding) => ({ binding, resource: { buffer } })),
+        entries: [v.xq8 ? xqb : xb, wb, sb, y, params].map((buffer, binding) => ({ binding, resource: { buffer } })),
       });
       runs.push({ v, pipeline, bind, y, ms: [] });
     }
