@@ -24,9 +24,10 @@
 // both and the gate and up activations never go to memory (with ROW_PER_LANE it needs ROWS2:
 // a lane's row pairs are its output rows).
 // XQ8 (q4 weights, ROW_PER_LANE only): x arrives as 8-bit integers with a scale per 32
-// values (quantize.wgsl), and each 32-weight group is summed in integers with dot4I8Packed,
-// four products an instruction — on CPU drivers unpacking nibbles to floats is most of the
-// work. Numerics: those of llama.cpp's q4_0 × q8_0 products, not the f32 reference's.
+// values (quantize.wgsl), and each 32-weight group is summed exactly in integers: with
+// dot4I8Packed in the tiles, four products an instruction, a weight unpacked once for the
+// tile's tokens; in one-token products as exact integer-valued floats from masked bytes
+// (x_group_q8). Numerics: those of llama.cpp's q4_0 × q8_0 products, not the f32 reference's.
 // (naga takes subgroup built-ins without `enable subgroups;` and rejects that directive; the
 // variant is only used natively, as wasm wgpu exposes no subgroups.)
 
@@ -142,7 +143,8 @@ fn load_x(k: u32) -> X8 {
 
 #if Q4
 // A group's x as the decode kernel's q4 products take it: each value x_i times 16^-s, s = i
-// mod 8 being its weight's nibble in a packed word, and Σ x_i for the q4 offset. Then
+// mod 8 being its weight's nibble in a packed word, Σ x_i for the q4 offset, and a scale d
+// for the group's sum (1; an 8-bit block's d under XQ8). Then
 // (q & (15 << 4s)) — nibble s still in place, n_s · 16^s, exact as a float — times x_i · 16^-s
 // is n_s · x_i with no shift: CPU drivers run a lane as one slot of a SIMD register, and
 // SwiftShader's JIT (Subzero) breaks vector shifts into one shift per slot, so unpacking by
@@ -152,6 +154,7 @@ struct XGroup {
     v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>,
     v4: vec4<f32>, v5: vec4<f32>, v6: vec4<f32>, v7: vec4<f32>,
     sum: f32,
+    d: f32,
 }
 
 fn x_group(xs: X8) -> XGroup {
@@ -159,7 +162,7 @@ fn x_group(xs: X8) -> XGroup {
     let hi = lo * 1.52587890625e-05;                               // s = 4 … 7
     let t = xs.v0 + xs.v1 + xs.v2 + xs.v3 + xs.v4 + xs.v5 + xs.v6 + xs.v7;
     return XGroup(xs.v0 * lo, xs.v1 * hi, xs.v2 * lo, xs.v3 * hi, xs.v4 * lo, xs.v5 * hi, xs.v6 * lo, xs.v7 * hi,
-        t.x + t.y + t.z + t.w);
+        t.x + t.y + t.z + t.w, 1.0);
 }
 
 // Σ n_s · x_s over packed word `q`, its nibbles masked in place (lo, hi: x_group's values).
@@ -169,6 +172,40 @@ fn masked_dot8(q: u32, lo: vec4<f32>, hi: vec4<f32>) -> f32 {
     let b = vec4<f32>(v & vec4<u32>(0xF0000u, 0xF00000u, 0xF000000u, 0xF0000000u));
     return dot(a, lo) + dot(b, hi);
 }
+
+#if XQ8
+// Block g of token t (clamped to the last token) as x_group's values, in units of the
+// block's scale d: each byte q of the 8-bit block, offset by 128 so that it reads as an
+// unsigned number, masked in place, made a float and scaled by 256^-c (its byte) · 16^-s
+// (its weight's nibble), less 128 · 16^-s. Exact: n_s · 16^s times q · 16^-s is the integer
+// n_s · q, so a group's sum is the integer dot4I8Packed would give — which SwiftShader
+// emulates with shifts, 1.5× slower (w2 2048×8192 at T=1: 9.0 against 13.3 ms).
+fn x_group_q8(t: u32, g: u32) -> XGroup {
+    let at = (min(t, p.tokens - 1u) * (p.cols / 32u) + g) * 3u;
+    let a = xq[at] ^ vec4<u32>(0x80808080u);
+    let b = xq[at + 1u] ^ vec4<u32>(0x80808080u);
+    let m = vec4<u32>(0xFFu, 0xFF00u, 0xFF0000u, 0xFF000000u);
+    let bytes = vec4<f32>(1.0, 0.00390625, 1.52587890625e-05, 5.9604644775390625e-08); // 256^-c
+    // word 2j: values 8j, 8j+2, 8j+4, 8j+6 (nibbles 0, 2, 4, 6 of weight word j); 2j+1: odd.
+    let se = vec4<f32>(1.0, 0.00390625, 1.52587890625e-05, 5.9604644775390625e-08); // 16^-s, s = 0, 2, 4, 6
+    let so = se * 0.0625;
+    let even = bytes * se;
+    let odd = bytes * so;
+    let e0 = vec4<f32>(vec4<u32>(a.x) & m) * even - 128.0 * se;
+    let o0 = vec4<f32>(vec4<u32>(a.y) & m) * odd - 128.0 * so;
+    let e1 = vec4<f32>(vec4<u32>(a.z) & m) * even - 128.0 * se;
+    let o1 = vec4<f32>(vec4<u32>(a.w) & m) * odd - 128.0 * so;
+    let e2 = vec4<f32>(vec4<u32>(b.x) & m) * even - 128.0 * se;
+    let o2 = vec4<f32>(vec4<u32>(b.y) & m) * odd - 128.0 * so;
+    let e3 = vec4<f32>(vec4<u32>(b.z) & m) * even - 128.0 * se;
+    let o3 = vec4<f32>(vec4<u32>(b.w) & m) * odd - 128.0 * so;
+    let ds = bitcast<vec2<f32>>(xq[at + 2u].xy);
+    return XGroup(vec4<f32>(e0.x, o0.x, e0.y, o0.y), vec4<f32>(e0.z, o0.z, e0.w, o0.w),
+        vec4<f32>(e1.x, o1.x, e1.y, o1.y), vec4<f32>(e1.z, o1.z, e1.w, o1.w),
+        vec4<f32>(e2.x, o2.x, e2.y, o2.y), vec4<f32>(e2.z, o2.z, e2.w, o2.w),
+        vec4<f32>(e3.x, o3.x, e3.y, o3.y), vec4<f32>(e3.z, o3.z, e3.w, o3.w), ds.y, ds.x);
+}
+#endif
 #else
 alias XGroup = X8;
 
@@ -367,18 +404,19 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         }
     }
 #else
-    // One token (decode), with constant indices only (see group_dot).
+    // One token (decode), with constant indices only (see group_dot), the 8-bit blocks made
+    // floats by masks (x_group_q8).
     for (var g = 0u; g < groups; g++) {
-        let xb = load_xblock(t0, g);
-        var s = vec4<f32>(qdot(nibble_bytes(w[rows.x * groups + g]), xb) * scale(rows.x, g), 0.0, 0.0, 0.0);
+        let xs = x_group_q8(t0, g);
+        var s = vec4<f32>(group_dot(rows.x, g, xs) * scale(rows.x, g), 0.0, 0.0, 0.0);
 #if ROWS2
-        s.y = qdot(nibble_bytes(w[rows.y * groups + g]), xb) * scale(rows.y, g);
+        s.y = group_dot(rows.y, g, xs) * scale(rows.y, g);
 #endif
 #if ROWS4
-        s.z = qdot(nibble_bytes(w[rows.z * groups + g]), xb) * scale(rows.z, g);
-        s.w = qdot(nibble_bytes(w[rows.w * groups + g]), xb) * scale(rows.w, g);
+        s.z = group_dot(rows.z, g, xs) * scale(rows.z, g);
+        s.w = group_dot(rows.w, g, xs) * scale(rows.w, g);
 #endif
-        acc[0] += s * xb.d;
+        acc[0] += s * xs.d;
     }
 #endif
 #else

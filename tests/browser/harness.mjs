@@ -1,6 +1,7 @@
 // What the browser tests share: a server, Debian's Chromium with WebGPU (SwiftShader: no
 // shader-f16, so the f32 path), and the native CLI's greedy ids for the same chat prompt,
-// forced onto the same path (--no-f16 --no-subgroups, f32 activations) on lavapipe.
+// forced onto the same path (--no-f16 --no-subgroups, 8-bit activations in decode only) on
+// lavapipe.
 
 import { chromium } from "playwright-core";
 import { spawnSync } from "node:child_process";
@@ -46,7 +47,7 @@ export function nativeIds(prompt, maxTokens) {
   if (!fs.existsSync(path.join(TINY, "manifest.json"))) throw new Error("no www/models/tiny-q4: run `bash tools/web.sh build` first");
   const bin = path.join(ROOT, "target/debug/puyu");
   const out = spawnSync(bin, ["run", "--model", TINY, "--chat", "--prompt", prompt, "--temperature", "0",
-    "--max-tokens", String(maxTokens), "--no-f16", "--no-subgroups", "--activations", "f32", "--show-ids"], {
+    "--max-tokens", String(maxTokens), "--no-f16", "--no-subgroups", "--activations", "int8-decode", "--show-ids"], {
     encoding: "utf8",
     env: { ...process.env, WGPU_VALIDATION: "0" },
   });

@@ -134,18 +134,19 @@ pub enum Schedule {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Activations {
-    /// On native CPU adapters (lavapipe: unpacking weights to floats is most of the work),
-    /// when the lane-per-row schedule runs and dot4I8Packed compiles: 8-bit. f32 elsewhere,
-    /// the browser's SwiftShader included: it emulates dot4I8Packed, and its one-token f32
-    /// products, which unpack nibbles with masks, are ~1.4× faster than the 8-bit ones.
+    /// On CPU adapters (where unpacking weights is most of the work), when the lane-per-row
+    /// schedule runs and dot4I8Packed compiles: 8-bit natively (lavapipe), 8-bit in decode
+    /// only in the browser (SwiftShader, which emulates dot4I8Packed: its tiles are faster on
+    /// floats). f32 elsewhere.
     #[default]
     Auto,
     /// f32, as the reference computes.
     F32,
     /// 8-bit integers with a scale per 32 values (llama.cpp's q8_0), summed in integers.
     Int8,
-    /// 8-bit in one-token steps (decode), f32 in the tiled products of prefill, which unpack
-    /// each weight once for 8 tokens (SwiftShader's default before the masked f32 products).
+    /// 8-bit in one-token steps (decode), f32 in the tiled products of prefill: where the
+    /// packed integer dot product is emulated (Chromium's SwiftShader) float tiles, which
+    /// unpack each weight once for 8 tokens, are faster.
     Int8Decode,
 }
 
@@ -187,9 +188,7 @@ pub struct GpuOptions {
     /// at once; lavapipe runs their 4-token tiles ~30% faster than 8-token ones), 8 on floats
     /// (a weight unpacked once serves 8 tokens).
     pub prefill_tile: Option<u32>,
-    /// Rows each lane computes in the lane-per-row schedule: 1, 2 or 4; `None`: 4, except 2 in
-    /// one-token products on 8-bit activations on a browser's CPU adapter (SwiftShader, whose
-    /// code generator spills 4 rows' integer state).
+    /// Rows each lane computes in the lane-per-row schedule: 1, 2 or 4; `None`: 4.
     pub rows_per_lane: Option<u32>,
     pub activations: Activations,
 }
@@ -294,7 +293,8 @@ impl GpuModel {
                 Schedule::Workgroup => false,
             };
         let activations = match options.activations {
-            Activations::Auto if !(cpu && row_per_lane && gpu.packed_dot) || browser => Activations::F32,
+            Activations::Auto if !(cpu && row_per_lane && gpu.packed_dot) => Activations::F32,
+            Activations::Auto if browser => Activations::Int8Decode,
             Activations::Auto => Activations::Int8,
             Activations::F32 => Activations::F32,
             _ if !row_per_lane => return Err(Error::Gpu("8-bit activations need the lane-per-row schedule".into())),
@@ -311,7 +311,6 @@ impl GpuModel {
         let (rows_single, rows_tiles) = match options.rows_per_lane {
             Some(n) if ![1, 2, 4].contains(&n) => return Err(Error::Gpu(format!("rows_per_lane must be 1, 2 or 4, not {n}"))),
             Some(n) => (n, n),
-            None if cpu && browser && int8 => (2, 4),
             None => (4, 4),
         };
         let prefill_tile = match options.prefill_tile {
