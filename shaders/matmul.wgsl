@@ -185,12 +185,12 @@ fn x_group_q8(t: u32, g: u32) -> XGroup {
     let a = xq[at] ^ vec4<u32>(0x80808080u);
     let b = xq[at + 1u] ^ vec4<u32>(0x80808080u);
     let m = vec4<u32>(0xFFu, 0xFF00u, 0xFF0000u, 0xFF000000u);
-    let bytes = vec4<f32>(1.0, 0.00390625, 1.52587890625e-05, 5.9604644775390625e-08); // 256^-c
-    // word 2j: values 8j, 8j+2, 8j+4, 8j+6 (nibbles 0, 2, 4, 6 of weight word j); 2j+1: odd.
+    // Byte c of word 2j holds value 8j + 2c, the weight of nibble s = 2c of weight word j;
+    // of word 2j+1, value 8j + 2c + 1 (s = 2c + 1). 256^-c = 16^-2c: the same numbers.
     let se = vec4<f32>(1.0, 0.00390625, 1.52587890625e-05, 5.9604644775390625e-08); // 16^-s, s = 0, 2, 4, 6
-    let so = se * 0.0625;
-    let even = bytes * se;
-    let odd = bytes * so;
+    let so = se * 0.0625;                                                          // s = 1, 3, 5, 7
+    let even = se * se; // 256^-c · 16^-s
+    let odd = se * so;
     let e0 = vec4<f32>(vec4<u32>(a.x) & m) * even - 128.0 * se;
     let o0 = vec4<f32>(vec4<u32>(a.y) & m) * odd - 128.0 * so;
     let e1 = vec4<f32>(vec4<u32>(a.z) & m) * even - 128.0 * se;

@@ -29,7 +29,7 @@ const flags = new Set(["--rows", "--cols", "--tokens", "--repeat"]);
 const named = process.argv.slice(2).filter((a, i, all) => !flags.has(a) && !flags.has(all[i - 1]));
 const defaults = tokens > 1
   ? ["ROW_PER_LANE+ROWS2+ROWS4+TILE8", "ROW_PER_LANE+ROWS2+ROWS4+TILE4", "ROW_PER_LANE+ROWS2+ROWS4+XQ8+TILE8", "ROW_PER_LANE+ROWS2+ROWS4+XQ8+TILE4"]
-  : ["ROW_PER_LANE+ROWS2+ROWS4", "ROW_PER_LANE+ROWS2", "ROW_PER_LANE+ROWS2+ROWS4+XQ8", "ROW_PER_LANE+ROWS2+XQ8", ""];
+  : ["ROW_PER_LANE+ROWS2+ROWS4+XQ8", "ROW_PER_LANE+ROWS2+XQ8", "ROW_PER_LANE+ROWS2+ROWS4", "ROW_PER_LANE+ROWS2", ""];
 if (cols % 32 || !(rows > 0) || !(tokens > 0)) throw new Error("--cols must be a multiple of 32; --rows and --tokens positive");
 
 // matmul.wgsl's preprocessor (crate/src/gpu/preprocess.rs): #if A | B, #else, #endif.
