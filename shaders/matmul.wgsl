@@ -78,14 +78,19 @@ fn token_bases(t0: u32) -> array<u32, TILE> {
     return b;
 }
 
-// The 8 weights of packed word `word` as two vec4s (Q4: nibble i is weight i, value q − 8),
-// masked in place and scaled down rather than shifted (see x_group: CPU drivers pay for
-// vector shifts).
+// Q4 nibbles s = 0 … 3 and 4 … 7 of a packed word masked in place (n_s · 16^s, exact as
+// floats), and the 16^-s that bring them down: CPU drivers pay for vector shifts (see
+// x_group), not for masks.
+const NIBBLES_LO = vec4<u32>(0xFu, 0xF0u, 0xF00u, 0xF000u);
+const NIBBLES_HI = vec4<u32>(0xF0000u, 0xF00000u, 0xF000000u, 0xF0000000u);
+const DOWN_LO = vec4<f32>(1.0, 0.0625, 0.00390625, 0.000244140625);
+const DOWN_HI = DOWN_LO * 1.52587890625e-05;
+
+// The 8 weights of packed word `word` as two vec4s (Q4: nibble i is weight i, value q − 8).
 fn nibbles(word: u32) -> array<vec4<f32>, 2> {
     let v = vec4<u32>(word);
-    let down = vec4<f32>(1.0, 0.0625, 0.00390625, 0.000244140625); // 16^-s, s = 0 … 3
-    let lo = vec4<f32>(v & vec4<u32>(0xFu, 0xF0u, 0xF00u, 0xF000u)) * down - 8.0;
-    let hi = vec4<f32>(v & vec4<u32>(0xF0000u, 0xF00000u, 0xF000000u, 0xF0000000u)) * (down * 1.52587890625e-05) - 8.0;
+    let lo = vec4<f32>(v & NIBBLES_LO) * DOWN_LO - 8.0;
+    let hi = vec4<f32>(v & NIBBLES_HI) * DOWN_HI - 8.0;
     return array<vec4<f32>, 2>(lo, hi);
 }
 
@@ -158,19 +163,15 @@ struct XGroup {
 }
 
 fn x_group(xs: X8) -> XGroup {
-    let lo = vec4<f32>(1.0, 0.0625, 0.00390625, 0.000244140625); // 16^-s, s = 0 … 3
-    let hi = lo * 1.52587890625e-05;                               // s = 4 … 7
     let t = xs.v0 + xs.v1 + xs.v2 + xs.v3 + xs.v4 + xs.v5 + xs.v6 + xs.v7;
-    return XGroup(xs.v0 * lo, xs.v1 * hi, xs.v2 * lo, xs.v3 * hi, xs.v4 * lo, xs.v5 * hi, xs.v6 * lo, xs.v7 * hi,
-        t.x + t.y + t.z + t.w, 1.0);
+    return XGroup(xs.v0 * DOWN_LO, xs.v1 * DOWN_HI, xs.v2 * DOWN_LO, xs.v3 * DOWN_HI, xs.v4 * DOWN_LO, xs.v5 * DOWN_HI,
+        xs.v6 * DOWN_LO, xs.v7 * DOWN_HI, t.x + t.y + t.z + t.w, 1.0);
 }
 
 // Σ n_s · x_s over packed word `q`, its nibbles masked in place (lo, hi: x_group's values).
 fn masked_dot8(q: u32, lo: vec4<f32>, hi: vec4<f32>) -> f32 {
     let v = vec4<u32>(q);
-    let a = vec4<f32>(v & vec4<u32>(0xFu, 0xF0u, 0xF00u, 0xF000u));
-    let b = vec4<f32>(v & vec4<u32>(0xF0000u, 0xF00000u, 0xF000000u, 0xF0000000u));
-    return dot(a, lo) + dot(b, hi);
+    return dot(vec4<f32>(v & NIBBLES_LO), lo) + dot(vec4<f32>(v & NIBBLES_HI), hi);
 }
 
 #if XQ8
@@ -187,8 +188,8 @@ fn x_group_q8(t: u32, g: u32) -> XGroup {
     let m = vec4<u32>(0xFFu, 0xFF00u, 0xFF0000u, 0xFF000000u);
     // Byte c of word 2j holds value 8j + 2c, the weight of nibble s = 2c of weight word j;
     // of word 2j+1, value 8j + 2c + 1 (s = 2c + 1). 256^-c = 16^-2c: the same numbers.
-    let se = vec4<f32>(1.0, 0.00390625, 1.52587890625e-05, 5.9604644775390625e-08); // 16^-s, s = 0, 2, 4, 6
-    let so = se * 0.0625;                                                          // s = 1, 3, 5, 7
+    let se = DOWN_LO * DOWN_LO; // 16^-s, s = 0, 2, 4, 6
+    let so = se * 0.0625;       // s = 1, 3, 5, 7
     let even = se * se; // 256^-c · 16^-s
     let odd = se * so;
     let e0 = vec4<f32>(vec4<u32>(a.x) & m) * even - 128.0 * se;
@@ -249,6 +250,24 @@ fn group_scale(row: u32, g: u32) -> f32 {
     return 1.0;
 #else
     return scale(row, g);
+#endif
+}
+
+// Group g of token t's x (clamped to the last token) as group_dot takes it.
+fn decode_x(t: u32, g: u32) -> XGroup {
+#if XQ8
+    return x_group_q8(t, g);
+#else
+    return x_group(load_x(min(t, p.tokens - 1u) * (p.cols / 4u) + g * 8u));
+#endif
+}
+
+// The scale of a group's sum that comes with its x: an 8-bit block's d (1 for floats).
+fn x_scale(xs: XGroup) -> f32 {
+#if Q4
+    return xs.d;
+#else
+    return 1.0;
 #endif
 }
 
@@ -373,8 +392,8 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
 #endif
     let groups = p.cols / 32u;
     var acc: array<vec4<f32>, TILE>;
-#if XQ8
 #if TILE4 | TILE8
+#if XQ8
     // Integer products: each row's group split into its nibble bytes once, used for every
     // token of the tile.
     for (var g = 0u; g < groups; g++) {
@@ -404,23 +423,6 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         }
     }
 #else
-    // One token (decode), with constant indices only (see group_dot), the 8-bit blocks made
-    // floats by masks (x_group_q8).
-    for (var g = 0u; g < groups; g++) {
-        let xs = x_group_q8(t0, g);
-        var s = vec4<f32>(group_dot(rows.x, g, xs) * scale(rows.x, g), 0.0, 0.0, 0.0);
-#if ROWS2
-        s.y = group_dot(rows.y, g, xs) * scale(rows.y, g);
-#endif
-#if ROWS4
-        s.z = group_dot(rows.z, g, xs) * scale(rows.z, g);
-        s.w = group_dot(rows.w, g, xs) * scale(rows.w, g);
-#endif
-        acc[0] += s * xs.d;
-    }
-#endif
-#else
-#if TILE4 | TILE8
     // A tile of tokens (prefill): each row's group unpacked once, used for every token.
     let xb = token_bases(t0);
     for (var g = 0u; g < groups; g++) {
@@ -450,11 +452,12 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             acc[j] += s * d;
         }
     }
+#endif
 #else
-    // One token (decode): each row's group summed straight from its packed words.
+    // One token (decode), with constant indices only (see group_dot): each row's group summed
+    // straight from its packed words against x_group's values.
     for (var g = 0u; g < groups; g++) {
-        let k = min(t0, p.tokens - 1u) * (p.cols / 4u) + g * 8u;
-        let xs = x_group(load_x(k));
+        let xs = decode_x(t0, g);
         var s = vec4<f32>(group_dot(rows.x, g, xs) * group_scale(rows.x, g), 0.0, 0.0, 0.0);
 #if ROWS2
         s.y = group_dot(rows.y, g, xs) * group_scale(rows.y, g);
@@ -463,9 +466,8 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         s.z = group_dot(rows.z, g, xs) * group_scale(rows.z, g);
         s.w = group_dot(rows.w, g, xs) * group_scale(rows.w, g);
 #endif
-        acc[0] += s;
+        acc[0] += s * x_scale(xs);
     }
-#endif
 #endif
     for (var r = 0u; r < OUTS; r++) {
         if (first + r * LANES < p.rows) {

@@ -28,9 +28,8 @@ enum Op {
     Embed { row0: u32, rows: u32 },
     Norm,
     /// Rows [row0, row0 + rows) of a matrix with `total` rows (one buffer of it).
-    /// `per_lane`: output rows per lane in the lane-per-row schedule (one-token, tiled), 0 in
-    /// the workgroup one.
-    Matmul { row0: u32, rows: u32, total: u32, cols: u32, per_lane: (u32, u32) },
+    /// `per_lane`: output rows per lane in the lane-per-row schedule, 0 in the workgroup one.
+    Matmul { row0: u32, rows: u32, total: u32, cols: u32, per_lane: u32 },
     /// Rows of `cols` activations to 8-bit integers for the integer q4 products (quantize.wgsl);
     /// `single`: only in steps whose products are not token-tiled (the tiled ones read f32 x).
     Quantize { cols: u32, single: bool },
@@ -308,10 +307,10 @@ impl GpuModel {
         if hd > 256 {
             return Err(Error::Gpu(format!("head_dim {hd} is over the attention kernel's 256")));
         }
-        let (rows_single, rows_tiles) = match options.rows_per_lane {
+        let rows_per_lane = match options.rows_per_lane {
             Some(n) if ![1, 2, 4].contains(&n) => return Err(Error::Gpu(format!("rows_per_lane must be 1, 2 or 4, not {n}"))),
-            Some(n) => (n, n),
-            None => (4, 4),
+            Some(n) => n,
+            None => 4,
         };
         let prefill_tile = match options.prefill_tile {
             Some(t) if ![1, 4, 8].contains(&t) => return Err(Error::Gpu(format!("prefill_tile must be 1, 4 or 8, not {t}"))),
@@ -411,8 +410,8 @@ impl GpuModel {
         };
 
         let mut pipelines = Pipelines::default();
-        let per_lane = |n| if row_per_lane { n } else { 0 };
-        let kernel = MatmulKernel { per_lane: (per_lane(rows_single), per_lane(rows_tiles)), subgroups: gpu.subgroups, tile: prefill_tile, int8_single: int8, int8_tiles: activations == Activations::Int8 };
+        let per_lane = if row_per_lane { rows_per_lane } else { 0 };
+        let kernel = MatmulKernel { per_lane, subgroups: gpu.subgroups, tile: prefill_tile, int8_single: int8, int8_tiles: activations == Activations::Int8 };
         let mut steps: Vec<StepSpec> = Vec::new();
         // Built first so the borrows below can refer to them.
         let embedding = weight("model.tok_embeddings.weight")?;
@@ -743,8 +742,7 @@ impl GpuModel {
             let groups = match step.op {
                 Op::Embed { .. } => [h.div_ceil(64), n, 1],
                 Op::Norm => [n, 1, 1],
-                Op::Matmul { rows, per_lane: (single, tiled), .. } => {
-                    let per_lane = if tile > 1 { tiled } else { single };
+                Op::Matmul { rows, per_lane, .. } => {
                     if tile > 1 {
                         let (p, own) = step.tiled.as_ref().expect("matmul steps have a tiled pipeline");
                         pipeline = p;
@@ -797,9 +795,8 @@ type StepSpec<'b> = (&'static str, Op, wgpu::ComputePipeline, Option<(wgpu::Comp
 /// Which matmul.wgsl variant the matrix products use.
 #[derive(Clone, Copy)]
 struct MatmulKernel {
-    /// Rows per lane in the lane-per-row schedule, in one-token and in tiled products; 0: a
-    /// workgroup per row.
-    per_lane: (u32, u32),
+    /// Rows per lane in the lane-per-row schedule; 0: a workgroup per row.
+    per_lane: u32,
     subgroups: bool,
     /// Tokens per tile in steps of several tokens.
     tile: u32,
@@ -838,11 +835,10 @@ fn push_matmul<'b>(
     let binds = [Bind::Read, Bind::Read, Bind::Read, Bind::Write, Bind::Uniform];
     // Weight rows per lane; with GLU each output row is two of them (its gate and up rows).
     let glu = epilogue == Epilogue::Glu;
-    let rows_per_lane = |n: u32| if glu && n > 0 { n.max(2) } else { n };
+    let rows_per_lane = if glu && kernel.per_lane > 0 { kernel.per_lane.max(2) } else { kernel.per_lane };
     let q4 = w.quant == Quant::Q4;
     let (int8_single, int8_tiles) = (kernel.int8_single && q4, kernel.int8_tiles && q4);
     let defines = |tile: u32, int8: bool| -> Result<Vec<&'static str>> {
-        let per_lane = rows_per_lane(if tile > 1 { kernel.per_lane.1 } else { kernel.per_lane.0 });
         let mut defs = vec![quant_define(w.quant)?];
         if int8 {
             defs.push("XQ8");
@@ -857,21 +853,20 @@ fn push_matmul<'b>(
             8 => defs.push("TILE8"),
             _ => {}
         }
-        match per_lane {
+        match rows_per_lane {
             0 => {}
             1 => defs.push("ROW_PER_LANE"),
             2 => defs.extend(["ROW_PER_LANE", "ROWS2"]),
             _ => defs.extend(["ROW_PER_LANE", "ROWS2", "ROWS4"]),
         }
-        if per_lane == 0 && kernel.subgroups {
+        if rows_per_lane == 0 && kernel.subgroups {
             defs.push("SUBGROUPS");
         }
         Ok(defs)
     };
     let pipeline = pl.get(dev, "matmul", shaders::MATMUL, "matmul", &defines(1, int8_single)?, &binds)?;
     let tiled = pl.get(dev, "matmul", shaders::MATMUL, "matmul", &defines(kernel.tile, int8_tiles)?, &binds)?;
-    let outputs_per_lane = |n: u32| if glu { rows_per_lane(n) / 2 } else { n };
-    let per_lane = (outputs_per_lane(kernel.per_lane.0), outputs_per_lane(kernel.per_lane.1));
+    let per_lane = if glu { rows_per_lane / 2 } else { rows_per_lane };
     if int8_single || int8_tiles {
         let quantize = pl.get(dev, "quantize", shaders::QUANTIZE, "quantize", &[], &[Bind::Read, Bind::Write, Bind::Uniform])?;
         steps.push(("quantize", Op::Quantize { cols: cols as u32, single: !int8_tiles }, quantize, None, vec![x, xq]));
