@@ -26,7 +26,7 @@ export interface LoadOptions {
    *  adapter must have timestamp-query; see EngineInfo.profile). */
   kernels?: {
     schedule?: "auto" | "lane" | "workgroup"; attention?: "auto" | "lane" | "workgroup";
-    rowsPerLane?: 1 | 2 | 4; prefillTile?: 1 | 4 | 8;
+    rowsPerLane?: 1 | 2 | 4 | 8; prefillTile?: 1 | 4 | 8;
     activations?: "auto" | "f32" | "int8" | "int8-decode"; profile?: boolean;
   };
   /** Keep downloaded shards in the Cache API (default true). */

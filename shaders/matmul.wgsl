@@ -16,8 +16,8 @@
 // computes rows [row0, row0 + rows) of y, whose rows are `total` long.
 // Variants (preprocessor): Q4 | Q8 | F16 weights (see crate/src/quant.rs for the packing);
 // ADD accumulates into y (the residual add fused into the epilogue); TILE4 | TILE8;
-// ROW_PER_LANE (with ROWS2, or ROWS2 + ROWS4, rows per lane); SUBGROUPS (workgroup schedule
-// only); GLU, the feed-forward's gate and up products and SwiGLU in one dispatch:
+// ROW_PER_LANE (with ROWS2, ROWS2 + ROWS4, or ROWS2 + ROWS4 + ROWS8: rows per lane);
+// SUBGROUPS (workgroup schedule only); GLU, the feed-forward's gate and up products and SwiGLU in one dispatch:
 //   W = [W1 block; W3 block] (2 · rows rows: `rows` gate rows, then the same up rows),
 //   y[t, o] = silu(x·W1ᵀ)[t, o] · (x·W3ᵀ)[t, o]   for o < rows,
 // each gate row and its up row summed by the same lane (or workgroup), so x is read once for
@@ -85,12 +85,22 @@ const NIBBLES_LO = vec4<u32>(0xFu, 0xF0u, 0xF00u, 0xF000u);
 const NIBBLES_HI = vec4<u32>(0xF0000u, 0xF00000u, 0xF000000u, 0xF0000000u);
 const DOWN_LO = vec4<f32>(1.0, 0.0625, 0.00390625, 0.000244140625);
 const DOWN_HI = DOWN_LO * 1.52587890625e-05;
+// The top nibble of a word flipped (n ^ 8): masked in place it reads as the signed integer
+// (n − 8) · 2^28, so every masked nibble converts as a signed integer (one instruction on
+// CPU drivers; unsigned conversion is five) and that nibble needs no q4 offset.
+const TOP_FLIP = vec4<u32>(0u, 0u, 0u, 0x80000000u);
+const NOT_TOP = vec4<f32>(1.0, 1.0, 1.0, 0.0);
+
+// Masked nibbles (NIBBLES_LO, or NIBBLES_HI with TOP_FLIP) as floats.
+fn masked_float(v: vec4<u32>) -> vec4<f32> {
+    return vec4<f32>(bitcast<vec4<i32>>(v));
+}
 
 // The 8 weights of packed word `word` as two vec4s (Q4: nibble i is weight i, value q − 8).
 fn nibbles(word: u32) -> array<vec4<f32>, 2> {
     let v = vec4<u32>(word);
-    let lo = vec4<f32>(v & NIBBLES_LO) * DOWN_LO - 8.0;
-    let hi = vec4<f32>(v & NIBBLES_HI) * DOWN_HI - 8.0;
+    let lo = masked_float(v & NIBBLES_LO) * DOWN_LO - 8.0;
+    let hi = masked_float((v & NIBBLES_HI) ^ TOP_FLIP) * DOWN_HI - vec4<f32>(8.0, 8.0, 8.0, 0.0);
     return array<vec4<f32>, 2>(lo, hi);
 }
 
@@ -163,7 +173,8 @@ struct XGroup {
 }
 
 fn x_group(xs: X8) -> XGroup {
-    let t = xs.v0 + xs.v1 + xs.v2 + xs.v3 + xs.v4 + xs.v5 + xs.v6 + xs.v7;
+    let t = xs.v0 + xs.v2 + xs.v4 + xs.v6 + (xs.v1 + xs.v3 + xs.v5 + xs.v7) * NOT_TOP;
+    // (the q4 offset's sum leaves out each word's top nibble: see TOP_FLIP)
     return XGroup(xs.v0 * DOWN_LO, xs.v1 * DOWN_HI, xs.v2 * DOWN_LO, xs.v3 * DOWN_HI, xs.v4 * DOWN_LO, xs.v5 * DOWN_HI,
         xs.v6 * DOWN_LO, xs.v7 * DOWN_HI, t.x + t.y + t.z + t.w, 1.0);
 }
@@ -171,7 +182,7 @@ fn x_group(xs: X8) -> XGroup {
 // Σ n_s · x_s over packed word `q`, its nibbles masked in place (lo, hi: x_group's values).
 fn masked_dot8(q: u32, lo: vec4<f32>, hi: vec4<f32>) -> f32 {
     let v = vec4<u32>(q);
-    return dot(vec4<f32>(v & NIBBLES_LO), lo) + dot(vec4<f32>(v & NIBBLES_HI), hi);
+    return dot(masked_float(v & NIBBLES_LO), lo) + dot(masked_float((v & NIBBLES_HI) ^ TOP_FLIP), hi);
 }
 
 #if XQ8
@@ -183,8 +194,8 @@ fn masked_dot8(q: u32, lo: vec4<f32>, hi: vec4<f32>) -> f32 {
 // emulates with shifts, 1.5× slower (w2 2048×8192 at T=1: 9.0 against 13.3 ms).
 fn x_group_q8(t: u32, g: u32) -> XGroup {
     let at = (min(t, p.tokens - 1u) * (p.cols / 32u) + g) * 3u;
-    let a = xq[at] ^ vec4<u32>(0x80808080u);
-    let b = xq[at + 1u] ^ vec4<u32>(0x80808080u);
+    let a = xq[at] ^ vec4<u32>(0x00808080u);
+    let b = xq[at + 1u] ^ vec4<u32>(0x00808080u);
     let m = vec4<u32>(0xFFu, 0xFF00u, 0xFF0000u, 0xFF000000u);
     // Byte c of word 2j holds value 8j + 2c, the weight of nibble s = 2c of weight word j;
     // of word 2j+1, value 8j + 2c + 1 (s = 2c + 1). 256^-c = 16^-2c: the same numbers.
@@ -192,19 +203,21 @@ fn x_group_q8(t: u32, g: u32) -> XGroup {
     let so = se * 0.0625;       // s = 1, 3, 5, 7
     let even = se * se; // 256^-c · 16^-s
     let odd = se * so;
-    let e0 = vec4<f32>(vec4<u32>(a.x) & m) * even - 128.0 * se;
-    let o0 = vec4<f32>(vec4<u32>(a.y) & m) * odd - 128.0 * so;
-    let e1 = vec4<f32>(vec4<u32>(a.z) & m) * even - 128.0 * se;
-    let o1 = vec4<f32>(vec4<u32>(a.w) & m) * odd - 128.0 * so;
-    let e2 = vec4<f32>(vec4<u32>(b.x) & m) * even - 128.0 * se;
-    let o2 = vec4<f32>(vec4<u32>(b.y) & m) * odd - 128.0 * so;
-    let e3 = vec4<f32>(vec4<u32>(b.z) & m) * even - 128.0 * se;
-    let o3 = vec4<f32>(vec4<u32>(b.w) & m) * odd - 128.0 * so;
+    let lift = 128.0 * NOT_TOP;
+    let e0 = masked_float(vec4<u32>(a.x) & m) * even - lift * se;
+    let o0 = masked_float(vec4<u32>(a.y) & m) * odd - lift * so;
+    let e1 = masked_float(vec4<u32>(a.z) & m) * even - lift * se;
+    let o1 = masked_float(vec4<u32>(a.w) & m) * odd - lift * so;
+    let e2 = masked_float(vec4<u32>(b.x) & m) * even - lift * se;
+    let o2 = masked_float(vec4<u32>(b.y) & m) * odd - lift * so;
+    let e3 = masked_float(vec4<u32>(b.z) & m) * even - lift * se;
+    let o3 = masked_float(vec4<u32>(b.w) & m) * odd - lift * so;
     let ds = bitcast<vec2<f32>>(xq[at + 2u].xy);
     return XGroup(vec4<f32>(e0.x, o0.x, e0.y, o0.y), vec4<f32>(e0.z, o0.z, e0.w, o0.w),
         vec4<f32>(e1.x, o1.x, e1.y, o1.y), vec4<f32>(e1.z, o1.z, e1.w, o1.w),
         vec4<f32>(e2.x, o2.x, e2.y, o2.y), vec4<f32>(e2.z, o2.z, e2.w, o2.w),
-        vec4<f32>(e3.x, o3.x, e3.y, o3.y), vec4<f32>(e3.z, o3.z, e3.w, o3.w), ds.y, ds.x);
+        vec4<f32>(e3.x, o3.x, e3.y, o3.y), vec4<f32>(e3.z, o3.z, e3.w, o3.w),
+        ds.y - (o0.w + o1.w + o2.w + o3.w) * 268435456.0, ds.x);
 }
 #endif
 #else
@@ -350,11 +363,30 @@ fn store(row: u32, t: u32, value: f32) {
 }
 
 #if ROW_PER_LANE
-// 2 or 4 rows per lane (ROWS2; ROWS4 together with ROWS2): every x value loaded serves
-// them all. On CPU drivers the loads of x, the same for every lane, cost more than the
-// arithmetic; this divides them. The rows' weights live in plain arrays w0..w3 and their sums
-// in the components of one vec4 (Chromium's compiler miscompiled a pointer into an array of
-// arrays here; found on SwiftShader).
+// The scaled sums over group g of rows `rows` (those of them the lane has: ROWS2, ROWS4)
+// against its x (x_group), from the packed words (see group_dot).
+fn quad_dot(rows: vec4<u32>, g: u32, xs: XGroup) -> vec4<f32> {
+    var s = vec4<f32>(group_dot(rows.x, g, xs) * group_scale(rows.x, g), 0.0, 0.0, 0.0);
+#if ROWS2
+    s.y = group_dot(rows.y, g, xs) * group_scale(rows.y, g);
+#endif
+#if ROWS4
+    s.z = group_dot(rows.z, g, xs) * group_scale(rows.z, g);
+    s.w = group_dot(rows.w, g, xs) * group_scale(rows.w, g);
+#endif
+    return s;
+}
+
+// 2, 4 or 8 rows per lane (ROWS2; ROWS4 with ROWS2; ROWS8 with both): every x value loaded
+// and prepared serves them all. On CPU drivers the loads of x, the same for every lane, and a
+// group's x_group cost as much as a row's arithmetic; this divides them (SwiftShader, from 4
+// to 8 rows: w2's one-token product ~10% faster, its 64-token 8-tiles 25–45%). The rows'
+// weights live in plain arrays w0..w7 and their sums in the components of a vec4 per 4 rows
+// (Chromium's compiler miscompiled a pointer into an array of arrays here; found on
+// SwiftShader).
+#if ROWS8
+const ROWS: u32 = 8u;
+#else
 #if ROWS4
 const ROWS: u32 = 4u;
 #else
@@ -362,6 +394,7 @@ const ROWS: u32 = 4u;
 const ROWS: u32 = 2u;
 #else
 const ROWS: u32 = 1u;
+#endif
 #endif
 #endif
 
@@ -390,6 +423,17 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
 #else
     let rows = vec4<u32>(first, min(first + LANES, last), min(first + 2u * LANES, last), min(first + 3u * LANES, last));
 #endif
+#if ROWS8
+    // Rows 4 … 7 of the lane (GLU: output rows 2 and 3), summed into acc_b.
+#if GLU
+    let third = min(first + 2u * LANES, last);
+    let fourth = min(first + 3u * LANES, last);
+    let rows_b = vec4<u32>(third, third + p.rows, fourth, fourth + p.rows);
+#else
+    let rows_b = min(vec4<u32>(first) + vec4<u32>(4u, 5u, 6u, 7u) * LANES, vec4<u32>(last));
+#endif
+    var acc_b: array<vec4<f32>, TILE>;
+#endif
     let groups = p.cols / 32u;
     var acc: array<vec4<f32>, TILE>;
 #if TILE4 | TILE8
@@ -409,6 +453,13 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         d.z = scale(rows.z, g);
         d.w = scale(rows.w, g);
 #endif
+#if ROWS8
+        let n4 = nibble_bytes(w[rows_b.x * groups + g]);
+        let n5 = nibble_bytes(w[rows_b.y * groups + g]);
+        let n6 = nibble_bytes(w[rows_b.z * groups + g]);
+        let n7 = nibble_bytes(w[rows_b.w * groups + g]);
+        let d_b = vec4<f32>(scale(rows_b.x, g), scale(rows_b.y, g), scale(rows_b.z, g), scale(rows_b.w, g));
+#endif
         for (var j = 0u; j < TILE; j++) {
             let xb = load_xblock(t0 + j, g);
             var s = vec4<f32>(qdot(n0, xb), 0.0, 0.0, 0.0);
@@ -420,6 +471,9 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             s.w = qdot(n3, xb);
 #endif
             acc[j] += s * d * xb.d;
+#if ROWS8
+            acc_b[j] += vec4<f32>(qdot(n4, xb), qdot(n5, xb), qdot(n6, xb), qdot(n7, xb)) * d_b * xb.d;
+#endif
         }
     }
 #else
@@ -438,6 +492,13 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         d.z = load_group(rows.z, g, &w2);
         d.w = load_group(rows.w, g, &w3);
 #endif
+#if ROWS8
+        var w4: array<vec4<f32>, 8>;
+        var w5: array<vec4<f32>, 8>;
+        var w6: array<vec4<f32>, 8>;
+        var w7: array<vec4<f32>, 8>;
+        let d_b = vec4<f32>(load_group(rows_b.x, g, &w4), load_group(rows_b.y, g, &w5), load_group(rows_b.z, g, &w6), load_group(rows_b.w, g, &w7));
+#endif
         for (var j = 0u; j < TILE; j++) {
             let k = xb[j] + g * 8u;
             let xs = load_x(k);
@@ -450,6 +511,9 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             s.w = dot_unpacked(w3, xs);
 #endif
             acc[j] += s * d;
+#if ROWS8
+            acc_b[j] += vec4<f32>(dot_unpacked(w4, xs), dot_unpacked(w5, xs), dot_unpacked(w6, xs), dot_unpacked(w7, xs)) * d_b;
+#endif
         }
     }
 #endif
@@ -458,24 +522,29 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     // straight from its packed words against x_group's values.
     for (var g = 0u; g < groups; g++) {
         let xs = decode_x(t0, g);
-        var s = vec4<f32>(group_dot(rows.x, g, xs) * group_scale(rows.x, g), 0.0, 0.0, 0.0);
-#if ROWS2
-        s.y = group_dot(rows.y, g, xs) * group_scale(rows.y, g);
+        acc[0] += quad_dot(rows, g, xs) * x_scale(xs);
+#if ROWS8
+        acc_b[0] += quad_dot(rows_b, g, xs) * x_scale(xs);
 #endif
-#if ROWS4
-        s.z = group_dot(rows.z, g, xs) * group_scale(rows.z, g);
-        s.w = group_dot(rows.w, g, xs) * group_scale(rows.w, g);
-#endif
-        acc[0] += s * x_scale(xs);
     }
 #endif
     for (var r = 0u; r < OUTS; r++) {
         if (first + r * LANES < p.rows) {
             for (var j = 0u; j < TILE; j++) {
+                // Output r's slot (GLU: its gate slot, the up slot next to it) of acc, or of
+                // acc_b from slot 4 on.
+                var slot = r * (ROWS / OUTS);
+                var quad = acc[j];
+#if ROWS8
+                if (slot >= 4u) {
+                    quad = acc_b[j];
+                    slot -= 4u;
+                }
+#endif
 #if GLU
-                store(first + r * LANES, t0 + j, silu(acc[j][2u * r]) * acc[j][2u * r + 1u]);
+                store(first + r * LANES, t0 + j, silu(quad[slot]) * quad[slot + 1u]);
 #else
-                store(first + r * LANES, t0 + j, acc[j][r]);
+                store(first + r * LANES, t0 + j, quad[slot]);
 #endif
             }
         }

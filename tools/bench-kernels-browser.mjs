@@ -29,7 +29,7 @@ const flags = new Set(["--rows", "--cols", "--tokens", "--repeat"]);
 const named = process.argv.slice(2).filter((a, i, all) => !flags.has(a) && !flags.has(all[i - 1]));
 const defaults = tokens > 1
   ? ["ROW_PER_LANE+ROWS2+ROWS4+TILE8", "ROW_PER_LANE+ROWS2+ROWS4+TILE4", "ROW_PER_LANE+ROWS2+ROWS4+XQ8+TILE8", "ROW_PER_LANE+ROWS2+ROWS4+XQ8+TILE4"]
-  : ["ROW_PER_LANE+ROWS2+ROWS4+XQ8", "ROW_PER_LANE+ROWS2+XQ8", "ROW_PER_LANE+ROWS2+ROWS4", "ROW_PER_LANE+ROWS2", ""];
+  : ["ROW_PER_LANE+ROWS2+ROWS4+ROWS8+XQ8", "ROW_PER_LANE+ROWS2+ROWS4+XQ8", "ROW_PER_LANE+ROWS2+ROWS4+ROWS8", "ROW_PER_LANE+ROWS2+ROWS4", ""];
 if (cols % 32 || !(rows > 0) || !(tokens > 0)) throw new Error("--cols must be a multiple of 32; --rows and --tokens positive");
 
 // matmul.wgsl's preprocessor (crate/src/gpu/preprocess.rs): #if A | B, #else, #endif.
@@ -58,7 +58,7 @@ const variants = (named.length ? named : defaults).map((name) => {
   const [file, list] = name.includes(".wgsl:") ? name.split(".wgsl:").map((s, i) => (i ? s : `${s}.wgsl`)) : ["shaders/matmul.wgsl", name];
   const source = fs.readFileSync(path.resolve(ROOT, file), "utf8");
   const defines = ["Q4", ...list.split("+").filter(Boolean)];
-  const perLane = defines.includes("ROWS4") ? 4 : defines.includes("ROWS2") ? 2 : 1;
+  const perLane = defines.includes("ROWS8") ? 8 : defines.includes("ROWS4") ? 4 : defines.includes("ROWS2") ? 2 : 1;
   return {
     name: name || "WORKGROUP",
     code: preprocess(source, defines),

@@ -186,10 +186,10 @@ pub fn kernels(gpu: &crate::gpu::Gpu, config: &crate::ModelConfig, prefill: usiz
         ("w2", h, i, false),
         ("output", v, h, false),
     ];
-    let mut schedules = vec!["ROW_PER_LANE", "ROW_PER_LANE+ROWS2", "ROW_PER_LANE+ROWS2+ROWS4", ""];
+    let mut schedules = vec!["ROW_PER_LANE", "ROW_PER_LANE+ROWS2", "ROW_PER_LANE+ROWS2+ROWS4", "ROW_PER_LANE+ROWS2+ROWS4+ROWS8", ""];
     if gpu.packed_dot {
         // The integer products on 8-bit activations.
-        schedules.extend(["ROW_PER_LANE+ROWS2+XQ8", "ROW_PER_LANE+ROWS2+ROWS4+XQ8"]);
+        schedules.extend(["ROW_PER_LANE+ROWS2+XQ8", "ROW_PER_LANE+ROWS2+ROWS4+XQ8", "ROW_PER_LANE+ROWS2+ROWS4+ROWS8+XQ8"]);
     }
     if gpu.subgroups {
         schedules.push("SUBGROUPS");
@@ -214,7 +214,7 @@ pub fn kernels(gpu: &crate::gpu::Gpu, config: &crate::ModelConfig, prefill: usiz
                     defines.extend(schedule.split('+').filter(|d| !d.is_empty()));
                     defines.extend([if tile == 4 { "TILE4" } else if tile == 8 { "TILE8" } else { "" }].into_iter().filter(|d| !d.is_empty()));
                     let r = n_rows as u32;
-                    let per_lane = if schedule.contains("ROWS4") { 4 } else if schedule.contains("ROWS2") { 2 } else { 1 };
+                    let per_lane = [("ROWS8", 8), ("ROWS4", 4), ("ROWS2", 2)].iter().find(|(d, _)| schedule.contains(d)).map_or(1, |&(_, n)| n);
                     let outputs_per_lane = if glu { per_lane / 2 } else { per_lane };
                     let g = if schedule.starts_with("ROW_PER_LANE") { r.div_ceil(64 * outputs_per_lane) } else { r };
                     let input: &[u8] = if schedule.contains("XQ8") { bytemuck::cast_slice(&xq) } else { bytemuck::cast_slice(&x) };

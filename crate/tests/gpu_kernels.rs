@@ -118,7 +118,7 @@ fn matmul_all_variants_and_shapes() {
                 for epilogue in ["", "ADD", "GLU"] {
                     let (w, sc, want) = weights.case(epilogue, &x, &y0, cols);
                     for tile in ["", "TILE4", "TILE8"] {
-                        for schedule in ["ROW_PER_LANE", "ROW_PER_LANE+ROWS2", "ROW_PER_LANE+ROWS2+ROWS4", "", "SUBGROUPS"] {
+                        for schedule in ["ROW_PER_LANE", "ROW_PER_LANE+ROWS2", "ROW_PER_LANE+ROWS2+ROWS4", "ROW_PER_LANE+ROWS2+ROWS4+ROWS8", "", "SUBGROUPS"] {
                             // GLU pairs a lane's rows: at least 2 per lane.
                             if (schedule == "SUBGROUPS" && !g.subgroups) || (epilogue == "GLU" && schedule == "ROW_PER_LANE") {
                                 continue;
@@ -127,7 +127,7 @@ fn matmul_all_variants_and_shapes() {
                             defines.extend([epilogue, tile].into_iter().chain(schedule.split('+')).filter(|d| !d.is_empty()));
                             let t = match tile { "TILE4" => 4, "TILE8" => 8, _ => 1 };
                             let r = rows as u32;
-                            let per_lane = if schedule.ends_with("ROWS4") { 4 } else if schedule.ends_with("ROWS2") { 2 } else { 1 };
+                            let per_lane = [("ROWS8", 8), ("ROWS4", 4), ("ROWS2", 2)].iter().find(|(d, _)| schedule.ends_with(d)).map_or(1, |&(_, n)| n);
                             let outputs_per_lane = if epilogue == "GLU" { per_lane / 2 } else { per_lane };
                             let groups = if schedule.starts_with("ROW_PER_LANE") { r.div_ceil(64 * outputs_per_lane) } else { r };
                             let out = run(&g, Launch {
@@ -193,13 +193,13 @@ fn int8_activations_quantize_and_multiply() {
         for epilogue in ["", "ADD", "GLU"] {
             let (w, sc, want) = weights.case(epilogue, &xhat, &y0, cols);
             for tile in ["", "TILE4", "TILE8"] {
-                for per_lane in [1u32, 2, 4] {
+                for per_lane in [1u32, 2, 4, 8] {
                     if epilogue == "GLU" && per_lane == 1 {
                         continue;
                     }
                     let mut defines = vec!["Q4", "XQ8", "ROW_PER_LANE"];
                     defines.extend([epilogue, tile].into_iter().filter(|d| !d.is_empty()));
-                    defines.extend(&["ROWS2", "ROWS4"][..per_lane.ilog2() as usize]);
+                    defines.extend(&["ROWS2", "ROWS4", "ROWS8"][..per_lane.ilog2() as usize]);
                     let t = match tile { "TILE4" => 4, "TILE8" => 8, _ => 1 };
                     let outputs_per_lane = if epilogue == "GLU" { per_lane / 2 } else { per_lane };
                     let out = run(&g, Launch {

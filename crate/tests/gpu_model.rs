@@ -105,10 +105,17 @@ fn int8_activations_track_the_reference() {
         let vocab = dir.config.vocab_size;
         let (_, prompt) = common::Golden::load(spec.name).ids("prompt_ids");
         // 8-bit everywhere, and in untiled products only (prefill's tiled products on f32;
-        // with tiles of 1, prefill is untiled and 8-bit too).
-        let cases = [(FeatureWish::default(), Activations::Int8, 8), (FeatureWish::PORTABLE, Activations::Int8, 4), (FeatureWish::PORTABLE, Activations::Int8Decode, 8), (FeatureWish::PORTABLE, Activations::Int8Decode, 1)];
-        for (wish, activations, prefill_tile) in cases {
-            let mut gpu = gpu_model_with(&dir, GpuOptions { activations, prefill_tile: Some(prefill_tile), matmul: Schedule::RowPerLane, ..sized(256, 64) }, wish);
+        // with tiles of 1, prefill is untiled and 8-bit too); the last with the browser's 8
+        // rows a lane in one-token products.
+        let cases = [
+            (FeatureWish::default(), Activations::Int8, 8, 4),
+            (FeatureWish::PORTABLE, Activations::Int8, 4, 4),
+            (FeatureWish::PORTABLE, Activations::Int8Decode, 1, 4),
+            (FeatureWish::PORTABLE, Activations::Int8Decode, 8, 8),
+        ];
+        for (wish, activations, prefill_tile, rows_per_lane) in cases {
+            let options = GpuOptions { activations, prefill_tile: Some(prefill_tile), rows_per_lane: Some(rows_per_lane), matmul: Schedule::RowPerLane, ..sized(256, 64) };
+            let mut gpu = gpu_model_with(&dir, options, wish);
             assert!(gpu.activations == activations && gpu.describe().contains("8-bit activations"));
             let compare = |got: &[f32], want: &[f32], at: &str, bound: f64| {
                 let e = nmse(got, want);
@@ -191,11 +198,11 @@ fn few_logit_rows_give_the_same_logits() {
 }
 
 /// Both matmul schedules, whichever the adapter would pick (lavapipe: a lane per row); the
-/// lane-per-row one with 1 and 2 rows per lane too (the default is 4); the workgroup one with
-/// subgroup reductions and with shared memory.
+/// lane-per-row one with 1, 2 and 8 rows per lane too (the default is 4; 8 in the browser);
+/// the workgroup one with subgroup reductions and with shared memory.
 #[test]
 fn both_matmul_schedules() {
-    for rows_per_lane in [1, 2, 4] {
+    for rows_per_lane in [1, 2, 4, 8] {
         check_with(TINY, Quant::Q8, GpuOptions { matmul: Schedule::RowPerLane, rows_per_lane: Some(rows_per_lane), ..sized(256, 64) }, FeatureWish::default());
     }
     for wish in [FeatureWish::default(), FeatureWish::PORTABLE] {

@@ -155,7 +155,7 @@ test("kernels: other matrix-product variants give the native ids; profile times 
     assert.ok(step.rows.every((r) => r.ms >= 0) && step.wall_ms > 0, JSON.stringify(step));
   }
   assert.equal(out.bad?.name, "InvalidOptionError");
-  assert.match(out.bad.message, /rowsPerLane must be 1, 2 or 4/);
+  assert.match(out.bad.message, /rowsPerLane must be 1, 2, 4 or 8/);
   assert.equal(out.badActivations?.name, "InvalidOptionError");
   assert.match(out.badActivations.message, /activations must be auto, f32, int8 or int8-decode, not `int4`/);
 });

@@ -104,7 +104,7 @@ fn kernel_options(mut o: GpuOptions, kernels: Option<&Value>) -> Result<(GpuOpti
         match key.as_str() {
             "schedule" => o.matmul = schedule(key, v)?,
             "attention" => o.attention = schedule(key, v)?,
-            "rowsPerLane" => o.rows_per_lane = Some(n().filter(|n| [1, 2, 4].contains(n)).ok_or_else(|| invalid(format!("kernels.rowsPerLane must be 1, 2 or 4, got {v}")))?),
+            "rowsPerLane" => o.rows_per_lane = Some(n().filter(|n| [1, 2, 4, 8].contains(n)).ok_or_else(|| invalid(format!("kernels.rowsPerLane must be 1, 2, 4 or 8, got {v}")))?),
             "prefillTile" => o.prefill_tile = Some(n().filter(|n| [1, 4, 8].contains(n)).ok_or_else(|| invalid(format!("kernels.prefillTile must be 1, 4 or 8, got {v}")))?),
             "activations" => {
                 let name = v.as_str().map_or_else(|| v.to_string(), str::to_string);
@@ -133,7 +133,7 @@ impl Loader {
     /// Opens the GPU and prepares the model. `options_json`: `{"context": tokens,
     /// "f16": bool, "kernels": {"schedule": "auto" | "lane" | "workgroup", "attention": the
     /// same, "rowsPerLane":
-    /// 1 | 2 | 4, "prefillTile": 1 | 4 | 8, "activations": "auto" | "f32" | "int8" |
+    /// 1 | 2 | 4 | 8, "prefillTile": 1 | 4 | 8, "activations": "auto" | "f32" | "int8" |
     /// "int8-decode", "profile": bool}}` (all optional; `kernels` is for benchmarks:
     /// `profile` times every dispatch, see `info().profile`).
     pub async fn create(config_json: String, manifest_json: String, tokenizer_json: Vec<u8>, options_json: String) -> Result<Loader, JsValue> {

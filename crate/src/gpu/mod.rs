@@ -47,15 +47,16 @@ pub mod shaders {
                         let defs = [Some(quant), add, tile, schedule];
                         v.push(("matmul.wgsl", MATMUL, defs.into_iter().flatten().collect()));
                     }
-                    for rows4 in [None, Some("ROWS4")] {
-                        let defs = [Some(quant), add, tile, Some("ROW_PER_LANE"), Some("ROWS2"), rows4];
-                        v.push(("matmul.wgsl", MATMUL, defs.into_iter().flatten().collect()));
+                    for rows in [&["ROWS2"][..], &["ROWS2", "ROWS4"], &["ROWS2", "ROWS4", "ROWS8"]] {
+                        let mut defs: Vec<&'static str> = [Some(quant), add, tile, Some("ROW_PER_LANE")].into_iter().flatten().collect();
+                        defs.extend(rows);
+                        v.push(("matmul.wgsl", MATMUL, defs));
                     }
                 }
             }
             // The fused gate/up product (never with ADD).
             for tile in [None, Some("TILE4"), Some("TILE8")] {
-                for schedule in [&["ROW_PER_LANE", "ROWS2"][..], &["ROW_PER_LANE", "ROWS2", "ROWS4"], &[], &["SUBGROUPS"]] {
+                for schedule in [&["ROW_PER_LANE", "ROWS2"][..], &["ROW_PER_LANE", "ROWS2", "ROWS4"], &["ROW_PER_LANE", "ROWS2", "ROWS4", "ROWS8"], &[], &["SUBGROUPS"]] {
                     let mut defs: Vec<&'static str> = [Some(quant), tile, Some("GLU")].into_iter().flatten().collect();
                     defs.extend(schedule);
                     v.push(("matmul.wgsl", MATMUL, defs));
@@ -65,7 +66,7 @@ pub mod shaders {
         // Integer products on 8-bit activations: q4, lane per row only.
         for epilogue in [None, Some("ADD"), Some("GLU")] {
             for tile in [None, Some("TILE4"), Some("TILE8")] {
-                for rows in [&[][..], &["ROWS2"], &["ROWS2", "ROWS4"]] {
+                for rows in [&[][..], &["ROWS2"], &["ROWS2", "ROWS4"], &["ROWS2", "ROWS4", "ROWS8"]] {
                     if epilogue == Some("GLU") && rows.is_empty() {
                         continue;
                     }
