@@ -18,11 +18,11 @@ export interface LoadOptions {
   /** false: use the f32 path even where the device has shader-f16. */
   f16?: boolean;
   /** Matrix-product variants, for benchmarks (default: the engine's choice for the adapter):
-   *  a lane per row ("lane", with 1, 2 or 4 rows per lane) or a workgroup per row, and the
+   *  a lane per row ("lane", with 1, 2, 4 or 8 rows per lane) or a workgroup per row, and the
    *  tokens per tile in prefill; `attention`: a lane per query in prompts and per KV split in
    *  decode ("lane", the default on CPU adapters) or a workgroup per query and split; `activations`: what the q4 products multiply the weights
-   *  with ("int8": 8-bit with a scale per 32 values; "int8-decode": so in decode only, the
-   *  default on CPU adapters; "f32": the reference's arithmetic); `profile` times every dispatch with timestamp queries (the
+   *  with ("int8": 8-bit with a scale per 32 values, the default on CPU adapters;
+   *  "int8-decode": so in decode only; "f32": the reference's arithmetic); `profile` times every dispatch with timestamp queries (the
    *  adapter must have timestamp-query; see EngineInfo.profile). */
   kernels?: {
     schedule?: "auto" | "lane" | "workgroup"; attention?: "auto" | "lane" | "workgroup";
@@ -99,8 +99,8 @@ export interface EngineInfo {
   backend: string;
   description: string;
   f16: boolean;
-  /** What the q4 products multiply the weights with: "f32", or 8-bit ("int8"; "int8-decode":
-   *  in decode only, the default on CPU adapters such as SwiftShader). */
+  /** What the q4 products multiply the weights with: "f32", or 8-bit ("int8", the default on
+   *  CPU adapters such as SwiftShader; "int8-decode": in decode only). */
   activations: "f32" | "int8" | "int8-decode";
   context: number;
   /** GPU bytes; decode_read: the weight bytes one decode step reads (all but the embedding table). */

@@ -24,9 +24,9 @@
 // both and the gate and up activations never go to memory (with ROW_PER_LANE it needs ROWS2:
 // a lane's row pairs are its output rows).
 // XQ8 (q4 weights, ROW_PER_LANE only): x arrives as 8-bit integers with a scale per 32
-// values (quantize.wgsl), and each 32-weight group is summed exactly in integers: with
-// dot4I8Packed in the tiles, four products an instruction, a weight unpacked once for the
-// tile's tokens; in one-token products as exact integer-valued floats from masked bytes
+// values (quantize.wgsl), and each 32-weight group is summed exactly in integers, held in
+// f32s (below 2^24): bytes masked in place and made floats (x_block_q8), against weights
+// unpacked once for the tile's tokens (tile_x) or, in one-token products, still packed
 // (x_group_q8). Numerics: those of llama.cpp's q4_0 × q8_0 products, not the f32 reference's.
 // (naga takes subgroup built-ins without `enable subgroups;` and rejects that directive; the
 // variant is only used natively, as wasm wgpu exposes no subgroups.)
@@ -187,22 +187,30 @@ fn masked_dot8(q: u32, lo: vec4<f32>, hi: vec4<f32>) -> f32 {
 
 #if XQ8
 // Block g of token t (clamped to the last token) as x_group's values, in units of the
-// block's scale d: each byte q of the 8-bit block, offset by 128 so that it reads as an
-// unsigned number, masked in place, made a float and scaled by 256^-c (its byte) · 16^-s
-// (its weight's nibble), less 128 · 16^-s. Exact: n_s · 16^s times q · 16^-s is the integer
-// n_s · q, so a group's sum is the integer dot4I8Packed would give — which SwiftShader
-// emulates with shifts, 1.5× slower (w2 2048×8192 at T=1: 9.0 against 13.3 ms).
+// block's scale d: each byte q of the 8-bit block masked in place, made a float and scaled by
+// 256^-c (its byte) · 16^-s (its weight's nibble) — bytes 0–2 offset by 128 so that they read
+// as unsigned numbers (less 128 · 16^-s after), byte 3 left signed at the top of the word.
+// Exact: n_s · 16^s times q · 16^-s is the integer n_s · q, so a group's sum is the integer
+// dot4I8Packed would give — which SwiftShader emulates with shifts, 1.5× slower (w2
+// 2048×8192 at T=1: 9.0 against 13.3 ms). The q4 offset's Σq leaves out each word's top
+// nibble (TOP_FLIP).
 fn x_group_q8(t: u32, g: u32) -> XGroup {
+    let se = DOWN_LO * DOWN_LO; // 16^-s, s = 0, 2, 4, 6
+    return x_block_q8(t, g, se, se * 0.0625);
+}
+
+// x_group_q8 with its values scaled by se (even values: weight nibbles s = 0, 2, 4, 6) and
+// so (odd ones) instead of 16^-s; with 1 and 1, the block's plain values q (the tiles').
+fn x_block_q8(t: u32, g: u32, se: vec4<f32>, so: vec4<f32>) -> XGroup {
     let at = (min(t, p.tokens - 1u) * (p.cols / 32u) + g) * 3u;
     let a = xq[at] ^ vec4<u32>(0x00808080u);
     let b = xq[at + 1u] ^ vec4<u32>(0x00808080u);
     let m = vec4<u32>(0xFFu, 0xFF00u, 0xFF0000u, 0xFF000000u);
     // Byte c of word 2j holds value 8j + 2c, the weight of nibble s = 2c of weight word j;
     // of word 2j+1, value 8j + 2c + 1 (s = 2c + 1). 256^-c = 16^-2c: the same numbers.
-    let se = DOWN_LO * DOWN_LO; // 16^-s, s = 0, 2, 4, 6
-    let so = se * 0.0625;       // s = 1, 3, 5, 7
-    let even = se * se; // 256^-c · 16^-s
-    let odd = se * so;
+    let down = DOWN_LO * DOWN_LO; // 256^-c
+    let even = down * se;
+    let odd = down * so;
     let lift = 128.0 * NOT_TOP;
     let e0 = masked_float(vec4<u32>(a.x) & m) * even - lift * se;
     let o0 = masked_float(vec4<u32>(a.y) & m) * odd - lift * so;
@@ -275,6 +283,25 @@ fn decode_x(t: u32, g: u32) -> XGroup {
 #endif
 }
 
+// Group g of token t's x (clamped to the last token) as the tiles take it: plain values (in
+// units of d, an 8-bit block's scale; 1 for floats), for weights unpacked by load_group. On
+// 8-bit blocks the sums are integers, exact in f32 (|Σ (n − 8) · q| ≤ 32 · 8 · 127 < 2^24), so
+// the tiles sum what dot4I8Packed would, without the emulated instruction (SwiftShader w2
+// 2048×8192 at T=64: 241–285 ms against 749–1015 with dot4I8Packed, 347–393 on f32 x).
+struct TileX {
+    v: X8,
+    d: f32,
+}
+
+fn tile_x(t: u32, g: u32) -> TileX {
+#if XQ8
+    let b = x_block_q8(t, g, vec4<f32>(1.0), vec4<f32>(1.0));
+    return TileX(X8(b.v0, b.v1, b.v2, b.v3, b.v4, b.v5, b.v6, b.v7), b.d);
+#else
+    return TileX(load_x(min(t, p.tokens - 1u) * (p.cols / 4u) + g * 8u), 1.0);
+#endif
+}
+
 // The scale of a group's sum that comes with its x: an 8-bit block's d (1 for floats).
 fn x_scale(xs: XGroup) -> f32 {
 #if Q4
@@ -285,43 +312,6 @@ fn x_scale(xs: XGroup) -> f32 {
 }
 
 #if XQ8
-// The integer Σ of a q4 group's nibbles (0–15; lo: the even weights of each word, hi: the
-// odd ones) times the quantized x block (xa, xb: see quantize.wgsl for the order).
-fn idot(lo: vec4<u32>, hi: vec4<u32>, xa: vec4<u32>, xb: vec4<u32>) -> i32 {
-    return dot4I8Packed(lo.x, xa.x) + dot4I8Packed(hi.x, xa.y) + dot4I8Packed(lo.y, xa.z) + dot4I8Packed(hi.y, xa.w)
-        + dot4I8Packed(lo.z, xb.x) + dot4I8Packed(hi.z, xb.y) + dot4I8Packed(lo.w, xb.z) + dot4I8Packed(hi.w, xb.w);
-}
-
-// A q4 group's 32 nibbles as bytes: lo holds each word's even weights, hi its odd ones.
-struct NibbleBytes {
-    lo: vec4<u32>,
-    hi: vec4<u32>,
-}
-
-fn nibble_bytes(q: vec4<u32>) -> NibbleBytes {
-    return NibbleBytes(q & vec4<u32>(0x0F0F0F0Fu), (q >> vec4<u32>(4u)) & vec4<u32>(0x0F0F0F0Fu));
-}
-
-// One quantized 32-value block of x: its bytes, its scale, and 8·Σq (the q4 offset's share).
-struct XBlock {
-    a: vec4<u32>,
-    b: vec4<u32>,
-    d: f32,
-    off: i32,
-}
-
-// Block g of token t (clamped to the last token, as token_bases does).
-fn load_xblock(t: u32, g: u32) -> XBlock {
-    let at = (min(t, p.tokens - 1u) * (p.cols / 32u) + g) * 3u;
-    let ds = bitcast<vec2<f32>>(xq[at + 2u].xy);
-    return XBlock(xq[at], xq[at + 1u], ds.x, 8 * i32(ds.y));
-}
-
-// Σ (n − 8) · q over the group, unscaled.
-fn qdot(n: NibbleBytes, x: XBlock) -> f32 {
-    return f32(idot(n.lo, n.hi, x.a, x.b) - x.off);
-}
-
 #else
 // Σ over this lane's share of row `row` (32-weight groups lane, lane + stride, …) against
 // each token of the tile starting at t0.
@@ -437,48 +427,7 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     let groups = p.cols / 32u;
     var acc: array<vec4<f32>, TILE>;
 #if TILE4 | TILE8
-#if XQ8
-    // Integer products: each row's group split into its nibble bytes once, used for every
-    // token of the tile.
-    for (var g = 0u; g < groups; g++) {
-        let n0 = nibble_bytes(w[rows.x * groups + g]);
-        var d = vec4<f32>(scale(rows.x, g), 0.0, 0.0, 0.0);
-#if ROWS2
-        let n1 = nibble_bytes(w[rows.y * groups + g]);
-        d.y = scale(rows.y, g);
-#endif
-#if ROWS4
-        let n2 = nibble_bytes(w[rows.z * groups + g]);
-        let n3 = nibble_bytes(w[rows.w * groups + g]);
-        d.z = scale(rows.z, g);
-        d.w = scale(rows.w, g);
-#endif
-#if ROWS8
-        let n4 = nibble_bytes(w[rows_b.x * groups + g]);
-        let n5 = nibble_bytes(w[rows_b.y * groups + g]);
-        let n6 = nibble_bytes(w[rows_b.z * groups + g]);
-        let n7 = nibble_bytes(w[rows_b.w * groups + g]);
-        let d_b = vec4<f32>(scale(rows_b.x, g), scale(rows_b.y, g), scale(rows_b.z, g), scale(rows_b.w, g));
-#endif
-        for (var j = 0u; j < TILE; j++) {
-            let xb = load_xblock(t0 + j, g);
-            var s = vec4<f32>(qdot(n0, xb), 0.0, 0.0, 0.0);
-#if ROWS2
-            s.y = qdot(n1, xb);
-#endif
-#if ROWS4
-            s.z = qdot(n2, xb);
-            s.w = qdot(n3, xb);
-#endif
-            acc[j] += s * d * xb.d;
-#if ROWS8
-            acc_b[j] += vec4<f32>(qdot(n4, xb), qdot(n5, xb), qdot(n6, xb), qdot(n7, xb)) * d_b * xb.d;
-#endif
-        }
-    }
-#else
     // A tile of tokens (prefill): each row's group unpacked once, used for every token.
-    let xb = token_bases(t0);
     for (var g = 0u; g < groups; g++) {
         var w0: array<vec4<f32>, 8>;
         var d = vec4<f32>(load_group(rows.x, g, &w0), 0.0, 0.0, 0.0);
@@ -500,23 +449,21 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         let d_b = vec4<f32>(load_group(rows_b.x, g, &w4), load_group(rows_b.y, g, &w5), load_group(rows_b.z, g, &w6), load_group(rows_b.w, g, &w7));
 #endif
         for (var j = 0u; j < TILE; j++) {
-            let k = xb[j] + g * 8u;
-            let xs = load_x(k);
-            var s = vec4<f32>(dot_unpacked(w0, xs), 0.0, 0.0, 0.0);
+            let x = tile_x(t0 + j, g);
+            var s = vec4<f32>(dot_unpacked(w0, x.v), 0.0, 0.0, 0.0);
 #if ROWS2
-            s.y = dot_unpacked(w1, xs);
+            s.y = dot_unpacked(w1, x.v);
 #endif
 #if ROWS4
-            s.z = dot_unpacked(w2, xs);
-            s.w = dot_unpacked(w3, xs);
+            s.z = dot_unpacked(w2, x.v);
+            s.w = dot_unpacked(w3, x.v);
 #endif
-            acc[j] += s * d;
+            acc[j] += s * d * x.d;
 #if ROWS8
-            acc_b[j] += vec4<f32>(dot_unpacked(w4, xs), dot_unpacked(w5, xs), dot_unpacked(w6, xs), dot_unpacked(w7, xs)) * d_b;
+            acc_b[j] += vec4<f32>(dot_unpacked(w4, x.v), dot_unpacked(w5, x.v), dot_unpacked(w6, x.v), dot_unpacked(w7, x.v)) * d_b * x.d;
 #endif
         }
     }
-#endif
 #else
     // One token (decode), with constant indices only (see group_dot): each row's group summed
     // straight from its packed words against x_group's values.

@@ -187,10 +187,8 @@ pub fn kernels(gpu: &crate::gpu::Gpu, config: &crate::ModelConfig, prefill: usiz
         ("output", v, h, false),
     ];
     let mut schedules = vec!["ROW_PER_LANE", "ROW_PER_LANE+ROWS2", "ROW_PER_LANE+ROWS2+ROWS4", "ROW_PER_LANE+ROWS2+ROWS4+ROWS8", ""];
-    if gpu.packed_dot {
-        // The integer products on 8-bit activations.
-        schedules.extend(["ROW_PER_LANE+ROWS2+XQ8", "ROW_PER_LANE+ROWS2+ROWS4+XQ8", "ROW_PER_LANE+ROWS2+ROWS4+ROWS8+XQ8"]);
-    }
+    // The products on 8-bit activations.
+    schedules.extend(["ROW_PER_LANE+ROWS2+XQ8", "ROW_PER_LANE+ROWS2+ROWS4+XQ8", "ROW_PER_LANE+ROWS2+ROWS4+ROWS8+XQ8"]);
     if gpu.subgroups {
         schedules.push("SUBGROUPS");
     }

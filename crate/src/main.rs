@@ -438,7 +438,7 @@ mod cli {
         no_subgroups: bool,
         /// What the q4 matrix products multiply the weights with: `f32` (the reference's
         /// arithmetic), `int8` (8-bit with a scale per 32 values, llama.cpp's q8_0),
-        /// `int8-decode` (8-bit in decode, f32 in prefill, as the browser on SwiftShader), or
+        /// `int8-decode` (8-bit in decode, f32 in prefill), or
         /// `auto` (8-bit on CPU adapters, f32 on GPUs).
         #[arg(long, default_value = "auto")]
         activations: puyu::gpu::model::Activations,

@@ -1,7 +1,6 @@
 // What the browser tests share: a server, Debian's Chromium with WebGPU (SwiftShader: no
 // shader-f16, so the f32 path), and the native CLI's greedy ids for the same chat prompt,
-// forced onto the same path (--no-f16 --no-subgroups, 8-bit activations in decode only) on
-// lavapipe.
+// forced onto the same path (--no-f16 --no-subgroups, 8-bit activations) on lavapipe.
 
 import { chromium } from "playwright-core";
 import { spawnSync } from "node:child_process";
@@ -47,7 +46,7 @@ export function nativeIds(prompt, maxTokens) {
   if (!fs.existsSync(path.join(TINY, "manifest.json"))) throw new Error("no www/models/tiny-q4: run `bash tools/web.sh build` first");
   const bin = path.join(ROOT, "target/debug/puyu");
   const out = spawnSync(bin, ["run", "--model", TINY, "--chat", "--prompt", prompt, "--temperature", "0",
-    "--max-tokens", String(maxTokens), "--no-f16", "--no-subgroups", "--activations", "int8-decode", "--show-ids"], {
+    "--max-tokens", String(maxTokens), "--no-f16", "--no-subgroups", "--activations", "int8", "--show-ids"], {
     encoding: "utf8",
     env: { ...process.env, WGPU_VALIDATION: "0" },
   });

@@ -143,14 +143,13 @@ test("kernels: other matrix-product variants give the native ids; profile times 
   assert.ok(prefill.tokens > 1, JSON.stringify(prefill));
   assert.equal(decode.tokens, decode.steps);
   assert.ok(decode.steps >= 1 && decode.steps <= 11, JSON.stringify(decode));
-  // SwiftShader is a CPU adapter: the q4 products take 8-bit activations where they are not
-  // token-tiled, quantized first: in decode all 9 (4 a layer and the output), in prefill the
-  // output's (it runs on the last row only); prefill's tiled products read f32.
-  assert.deepEqual(out.activations, ["int8-decode", "int8-decode"]);
+  // SwiftShader is a CPU adapter: the q4 products take 8-bit activations, quantized first, in
+  // decode and in prefill: all 9 (4 a layer and the output) each step.
+  assert.deepEqual(out.activations, ["int8", "int8"]);
   for (const step of [prefill, decode]) {
     assert.deepEqual(step.rows.map((r) => r.name).filter((n) => n !== "quantize"), ["embed", "attention_norm", "wqkv", "rope", "attend",
       "combine", "wo", "ffn_norm", "w1+w3", "w2", "final_norm", "output", "sample"]);
-    assert.equal(step.rows.find((r) => r.name === "quantize").dispatches, (step === decode ? 9 : 1) * step.steps);
+    assert.equal(step.rows.find((r) => r.name === "quantize").dispatches, 9 * step.steps);
     assert.equal(step.rows.find((r) => r.name === "w2").dispatches, 2 * step.steps);
     assert.ok(step.rows.every((r) => r.ms >= 0) && step.wall_ms > 0, JSON.stringify(step));
   }

@@ -114,8 +114,6 @@ pub struct Gpu {
     pub subgroups: bool,
     /// timestamp-query was requested and granted.
     pub timestamps: bool,
-    /// WGSL's dot4I8Packed (the packed_4x8_integer_dot_product language feature) compiles.
-    pub packed_dot: bool,
     /// Set (with the reason) when the device is lost; every later step fails with
     /// [`Error::DeviceLost`].
     lost: std::sync::Arc<std::sync::Mutex<Option<String>>>,
@@ -184,7 +182,6 @@ impl Gpu {
             f16,
             subgroups,
             timestamps,
-            packed_dot: instance.wgsl_language_features().contains(wgpu::WgslLanguageFeatures::Packed4x8IntegerDotProduct),
             lost,
         })
     }

@@ -133,19 +133,15 @@ pub enum Schedule {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Activations {
-    /// On CPU adapters (where unpacking weights is most of the work), when the lane-per-row
-    /// schedule runs and dot4I8Packed compiles: 8-bit natively (lavapipe), 8-bit in decode
-    /// only in the browser (SwiftShader, which emulates dot4I8Packed: its tiles are faster on
-    /// floats). f32 elsewhere.
+    /// 8-bit on CPU adapters (where unpacking weights is most of the work) when the
+    /// lane-per-row schedule runs; f32 elsewhere.
     #[default]
     Auto,
     /// f32, as the reference computes.
     F32,
     /// 8-bit integers with a scale per 32 values (llama.cpp's q8_0), summed in integers.
     Int8,
-    /// 8-bit in one-token steps (decode), f32 in the tiled products of prefill: where the
-    /// packed integer dot product is emulated (Chromium's SwiftShader) float tiles, which
-    /// unpack each weight once for 8 tokens, are faster.
+    /// 8-bit in one-token steps (decode), f32 in the tiled products of prefill.
     Int8Decode,
 }
 
@@ -182,14 +178,11 @@ pub struct GpuOptions {
     /// Attention: a lane per query in steps of several tokens and per KV split in decode, or a
     /// workgroup per query and split.
     pub attention: Schedule,
-    /// Tokens per matrix-product tile in steps of several tokens: 1, 4 or 8; `None`: 4 in the
-    /// integer products on 8-bit activations (each token's sums and activation block are live
-    /// at once; lavapipe runs their 4-token tiles ~30% faster than 8-token ones), 8 on floats
-    /// (a weight unpacked once serves 8 tokens).
+    /// Tokens per matrix-product tile in steps of several tokens: 1, 4 or 8; `None`: 8 (a
+    /// weight unpacked once serves 8 tokens).
     pub prefill_tile: Option<u32>,
-    /// Rows each lane computes in the lane-per-row schedule: 1, 2, 4 or 8; `None`: 8 in the
-    /// browser (SwiftShader, against 4: w2's one-token product ~10% faster, its 64-token tiles
-    /// 25–45%), 4 elsewhere.
+    /// Rows each lane computes in the lane-per-row schedule: 1, 2, 4 or 8; `None`: 8 (against
+    /// 4 on SwiftShader: w2's one-token product ~10% faster, its 64-token tiles 25–45%).
     pub rows_per_lane: Option<u32>,
     pub activations: Activations,
 }
@@ -285,7 +278,6 @@ impl GpuModel {
             Schedule::Workgroup => false,
         };
         let cpu = gpu.adapter_info.device_type == wgpu::DeviceType::Cpu;
-        let browser = gpu.adapter_info.backend == wgpu::Backend::BrowserWebGpu;
         // The lane attention kernels read K and V 4 dims at a time.
         let lane_attention = config.head_dim % 4 == 0
             && match options.attention {
@@ -294,12 +286,10 @@ impl GpuModel {
                 Schedule::Workgroup => false,
             };
         let activations = match options.activations {
-            Activations::Auto if !(cpu && row_per_lane && gpu.packed_dot) => Activations::F32,
-            Activations::Auto if browser => Activations::Int8Decode,
+            Activations::Auto if !(cpu && row_per_lane) => Activations::F32,
             Activations::Auto => Activations::Int8,
             Activations::F32 => Activations::F32,
             _ if !row_per_lane => return Err(Error::Gpu("8-bit activations need the lane-per-row schedule".into())),
-            _ if !gpu.packed_dot => return Err(Error::Gpu("8-bit activations need WGSL's dot4I8Packed, which this device lacks".into())),
             a => a,
         };
         let int8 = activations != Activations::F32;
@@ -312,13 +302,11 @@ impl GpuModel {
         let rows_per_lane = match options.rows_per_lane {
             Some(n) if ![1, 2, 4, 8].contains(&n) => return Err(Error::Gpu(format!("rows_per_lane must be 1, 2, 4 or 8, not {n}"))),
             Some(n) => n,
-            None if browser => 8,
-            None => 4,
+            None => 8,
         };
         let prefill_tile = match options.prefill_tile {
             Some(t) if ![1, 4, 8].contains(&t) => return Err(Error::Gpu(format!("prefill_tile must be 1, 4 or 8, not {t}"))),
             Some(t) => t,
-            None if activations == Activations::Int8 => 4,
             None => 8,
         };
         let limits = gpu.device.limits();
