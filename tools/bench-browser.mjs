@@ -3,8 +3,8 @@
 // driven headless; prints its JSON result. The model folder is served beside the page.
 //
 //   node tools/bench-browser.mjs MODEL_DIR [--prompt WORDS] [--gen TOKENS] [--repeat N] [--context N]
-//                                [--schedule lane|workgroup] [--attention lane|workgroup] [--rows 1|2|4] [--tile 1|4|8]
-//                                [--activations f32|int8] [--profile] [--sample]
+//                                [--schedule lane|workgroup] [--attention lane|workgroup] [--rows 1|2|4|8] [--tile 1|4|8]
+//                                [--activations f32|int8|int8-decode] [--profile] [--sample]
 // --profile: GPU time by kind of dispatch (timestamp queries, unrounded: Chromium runs with
 // its WebGPU developer features on). --sample: tokens picked with the demo's sampling
 // settings instead of greedily.
