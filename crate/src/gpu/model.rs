@@ -825,8 +825,16 @@ fn push_matmul<'b>(
 ) -> Result<()> {
     let binds = [Bind::Read, Bind::Read, Bind::Read, Bind::Write, Bind::Uniform];
     // Weight rows per lane; with GLU each output row is two of them (its gate and up rows).
+    // Never more output rows a lane than the matrix fills: past its last row a lane sums
+    // copies of that row (tiny's 64-row matrices at 8 rows a lane would do 8 times the work).
     let glu = epilogue == Epilogue::Glu;
-    let rows_per_lane = if glu && kernel.per_lane > 0 { kernel.per_lane.max(2) } else { kernel.per_lane };
+    let fill = 1u32 << (w.rows.div_ceil(64).max(1) as u32).ilog2();
+    let outputs = match kernel.per_lane {
+        0 => 0, // a workgroup per row
+        n if glu => (n / 2).max(1).min(fill),
+        n => n.min(fill),
+    };
+    let rows_per_lane = if glu { 2 * outputs } else { outputs };
     let q4 = w.quant == Quant::Q4;
     let (int8_single, int8_tiles) = (kernel.int8_single && q4, kernel.int8_tiles && q4);
     let defines = |tile: u32, int8: bool| -> Result<Vec<&'static str>> {
@@ -858,7 +866,7 @@ fn push_matmul<'b>(
     };
     let pipeline = pl.get(dev, "matmul", shaders::MATMUL, "matmul", &defines(1, int8_single)?, &binds)?;
     let tiled = pl.get(dev, "matmul", shaders::MATMUL, "matmul", &defines(kernel.tile, int8_tiles)?, &binds)?;
-    let per_lane = if glu { rows_per_lane / 2 } else { rows_per_lane };
+    let per_lane = outputs;
     if int8_single || int8_tiles {
         let quantize = pl.get(dev, "quantize", shaders::QUANTIZE, "quantize", &[], &[Bind::Read, Bind::Write, Bind::Uniform])?;
         steps.push(("quantize", Op::Quantize { cols: cols as u32, single: !int8_tiles }, quantize, None, vec![x, xq]));
