@@ -28,7 +28,7 @@ const repeat = Number(arg("--repeat", 9));
 const flags = new Set(["--rows", "--cols", "--tokens", "--repeat"]);
 const named = process.argv.slice(2).filter((a, i, all) => !flags.has(a) && !flags.has(all[i - 1]));
 const defaults = tokens > 1
-  ? ["ROW_PER_LANE+ROWS2+ROWS4+TILE8", "ROW_PER_LANE+ROWS2+ROWS4+TILE4", "ROW_PER_LANE+ROWS2+ROWS4+XQ8+TILE8", "ROW_PER_LANE+ROWS2+ROWS4+XQ8+TILE4"]
+  ? ["ROW_PER_LANE+ROWS2+ROWS4+ROWS8+XQ8+TILE8", "ROW_PER_LANE+ROWS2+ROWS4+XQ8+TILE8", "ROW_PER_LANE+ROWS2+ROWS4+ROWS8+TILE8", "ROW_PER_LANE+ROWS2+ROWS4+TILE8"]
   : ["ROW_PER_LANE+ROWS2+ROWS4+ROWS8+XQ8", "ROW_PER_LANE+ROWS2+ROWS4+XQ8", "ROW_PER_LANE+ROWS2+ROWS4+ROWS8", "ROW_PER_LANE+ROWS2+ROWS4", ""];
 if (cols % 32 || !(rows > 0) || !(tokens > 0)) throw new Error("--cols must be a multiple of 32; --rows and --tokens positive");
 
