@@ -192,15 +192,19 @@ fn masked_dot8(q: u32, lo: vec4<f32>, hi: vec4<f32>) -> f32 {
 // as unsigned numbers (less 128 · 16^-s after), byte 3 left signed at the top of the word.
 // Exact: n_s · 16^s times q · 16^-s is the integer n_s · q, so a group's sum is the integer
 // dot4I8Packed would give — which SwiftShader emulates with shifts, 1.5× slower (w2
-// 2048×8192 at T=1: 9.0 against 13.3 ms). The q4 offset's Σq leaves out each word's top
-// nibble (TOP_FLIP).
+// 2048×8192 at T=1: 9.0 against 13.3 ms).
 fn x_group_q8(t: u32, g: u32) -> XGroup {
     let se = DOWN_LO * DOWN_LO; // 16^-s, s = 0, 2, 4, 6
-    return x_block_q8(t, g, se, se * 0.0625);
+    var b = x_block_q8(t, g, se, se * 0.0625);
+    // The q4 offset's Σq leaves out each word's top nibble (TOP_FLIP): v1.w, v3.w, v5.w and
+    // v7.w hold those values q · 16^-7.
+    b.sum -= (b.v1.w + b.v3.w + b.v5.w + b.v7.w) * 268435456.0;
+    return b;
 }
 
-// x_group_q8 with its values scaled by se (even values: weight nibbles s = 0, 2, 4, 6) and
-// so (odd ones) instead of 16^-s; with 1 and 1, the block's plain values q (the tiles').
+// x_group_q8's values scaled by se (even values: weight nibbles s = 0, 2, 4, 6) and so (odd
+// ones) instead of 16^-s (with 1 and 1, the block's plain values q: the tiles'), its whole
+// Σq and its scale d.
 fn x_block_q8(t: u32, g: u32, se: vec4<f32>, so: vec4<f32>) -> XGroup {
     let at = (min(t, p.tokens - 1u) * (p.cols / 32u) + g) * 3u;
     let a = xq[at] ^ vec4<u32>(0x00808080u);
@@ -224,8 +228,7 @@ fn x_block_q8(t: u32, g: u32, se: vec4<f32>, so: vec4<f32>) -> XGroup {
     return XGroup(vec4<f32>(e0.x, o0.x, e0.y, o0.y), vec4<f32>(e0.z, o0.z, e0.w, o0.w),
         vec4<f32>(e1.x, o1.x, e1.y, o1.y), vec4<f32>(e1.z, o1.z, e1.w, o1.w),
         vec4<f32>(e2.x, o2.x, e2.y, o2.y), vec4<f32>(e2.z, o2.z, e2.w, o2.w),
-        vec4<f32>(e3.x, o3.x, e3.y, o3.y), vec4<f32>(e3.z, o3.z, e3.w, o3.w),
-        ds.y - (o0.w + o1.w + o2.w + o3.w) * 268435456.0, ds.x);
+        vec4<f32>(e3.x, o3.x, e3.y, o3.y), vec4<f32>(e3.z, o3.z, e3.w, o3.w), ds.y, ds.x);
 }
 #endif
 #else

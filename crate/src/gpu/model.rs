@@ -181,8 +181,9 @@ pub struct GpuOptions {
     /// Tokens per matrix-product tile in steps of several tokens: 1, 4 or 8; `None`: 8 (a
     /// weight unpacked once serves 8 tokens).
     pub prefill_tile: Option<u32>,
-    /// Rows each lane computes in the lane-per-row schedule: 1, 2, 4 or 8; `None`: 8 (against
-    /// 4 on SwiftShader: w2's one-token product ~10% faster, its 64-token tiles 25–45%).
+    /// Rows each lane computes in the lane-per-row schedule: 1, 2, 4 or 8, at most what a
+    /// matrix fills; `None`: 8 (against 4 on SwiftShader: w2's one-token product ~10% faster,
+    /// its 64-token tiles 25–45%).
     pub rows_per_lane: Option<u32>,
     pub activations: Activations,
 }
