@@ -22,12 +22,15 @@ export interface LoadOptions {
    *  tokens per tile in prefill; `attention`: a lane per query in prompts and per KV split in
    *  decode ("lane", the default on CPU adapters) or a workgroup per query and split; `activations`: what the q4 products multiply the weights
    *  with ("int8": 8-bit with a scale per 32 values, the default on CPU adapters;
-   *  "int8-decode": so in decode only; "f32": the reference's arithmetic); `profile` times every dispatch with timestamp queries (the
-   *  adapter must have timestamp-query; see EngineInfo.profile). */
+   *  "int8-decode": so in decode only; "f32": the reference's arithmetic); `weightStorage`: where the q4 matrices
+   *  live ("texture": rgba32uint textures, a texel per 32-weight group, the default on CPU adapters, where a texel
+   *  is one load and a storage vec4 four gathers; "buffer": storage buffers, the default on GPUs); `profile` times
+   *  every dispatch with timestamp queries (the adapter must have timestamp-query; see EngineInfo.profile). */
   kernels?: {
     schedule?: "auto" | "lane" | "workgroup"; attention?: "auto" | "lane" | "workgroup";
     rowsPerLane?: 1 | 2 | 4 | 8; prefillTile?: 1 | 4 | 8;
-    activations?: "auto" | "f32" | "int8" | "int8-decode"; profile?: boolean;
+    activations?: "auto" | "f32" | "int8" | "int8-decode"; weightStorage?: "auto" | "buffer" | "texture";
+    profile?: boolean;
   };
   /** Keep downloaded shards in the Cache API (default true). */
   useCache?: boolean;
@@ -102,6 +105,8 @@ export interface EngineInfo {
   /** What the q4 products multiply the weights with: "f32", or 8-bit ("int8", the default on
    *  CPU adapters such as SwiftShader; "int8-decode": in decode only). */
   activations: "f32" | "int8" | "int8-decode";
+  /** Where the q4 matrices live: "texture" (the default on CPU adapters) or "buffer". */
+  weight_storage: "buffer" | "texture";
   context: number;
   /** GPU bytes; decode_read: the weight bytes one decode step reads (all but the embedding table). */
   memory: { weights: number; decode_read: number; kv_cache: number; scratch: number };

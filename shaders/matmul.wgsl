@@ -17,7 +17,8 @@
 // Variants (preprocessor): Q4 | Q8 | F16 weights (see crate/src/quant.rs for the packing);
 // ADD accumulates into y (the residual add fused into the epilogue); TILE4 | TILE8;
 // ROW_PER_LANE (with ROWS2, ROWS2 + ROWS4, or ROWS2 + ROWS4 + ROWS8: rows per lane);
-// SUBGROUPS (workgroup schedule only); GLU, the feed-forward's gate and up products and SwiGLU in one dispatch:
+// TEXELS (Q4): W in an rgba32uint texture, a texel per group (q4_group); SUBGROUPS
+// (workgroup schedule only); GLU, the feed-forward's gate and up products and SwiGLU in one dispatch:
 //   W = [W1 block; W3 block] (2 · rows rows: `rows` gate rows, then the same up rows),
 //   y[t, o] = silu(x·W1ᵀ)[t, o] · (x·W3ᵀ)[t, o]   for o < rows,
 // each gate row and its up row summed by the same lane (or workgroup), so x is read once for
@@ -47,7 +48,11 @@ struct Params {
 #else
 @group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;      // [T, K]
 #endif
+#if TEXELS
+@group(0) @binding(1) var w_texels: texture_2d<u32>;               // Q4 [rows, K/32] rgba32uint texels
+#else
 @group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;      // packed [rows, K]
+#endif
 @group(0) @binding(2) var<storage, read> scales: array<u32>;       // f16 pairs [rows, K/32] (Q4, Q8)
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;      // [T, total]
 @group(0) @binding(4) var<uniform> p: Params;
@@ -109,19 +114,31 @@ fn bytes4(word: u32) -> vec4<f32> {
     return vec4<f32>((vec4<i32>(bitcast<i32>(word)) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
 }
 
+// The 16 bytes of Q4 group `g` of row `row`: from a texture with TEXELS (CPU drivers: where
+// a storage vec4 is four 4-byte gathers per lane, SwiftShader fetches a texel in one load).
+fn q4_group(row: u32, g: u32) -> vec4<u32> {
+#if TEXELS
+    return textureLoad(w_texels, vec2<u32>(g, row), 0);
+#else
+    return w[row * (p.cols / 32u) + g];
+#endif
+}
+
 // Unpacks the 32 weights of group `g` of row `row` into `wv` (8 vec4s) and returns the
 // group's scale. A group is 1 (Q4), 2 (Q8) or 4 (F16) 16-byte loads. Constant indices
 // only (see group_dot).
 fn load_group(row: u32, g: u32, wv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
-    let at = row * (p.cols / 32u) + g;
 #if Q4
-    let q = w[at];
+    let q = q4_group(row, g);
     let a = nibbles(q.x);
     let b = nibbles(q.y);
     let c = nibbles(q.z);
     let e = nibbles(q.w);
     *wv = array<vec4<f32>, 8>(a[0], a[1], b[0], b[1], c[0], c[1], e[0], e[1]);
     return scale(row, g);
+#endif
+#if Q8 | F16
+    let at = row * (p.cols / 32u) + g;
 #endif
 #if Q8
     let a = w[2u * at];
@@ -243,13 +260,13 @@ fn x_group(xs: X8) -> X8 {
 // private arrays: SwiftShader (Chromium's CPU WebGPU) keeps dynamically indexed private
 // arrays in memory, so the decode kernel below avoids them.
 fn group_dot(row: u32, g: u32, xs: XGroup) -> f32 {
-    let at = row * (p.cols / 32u) + g;
 #if Q4
-    let q = w[at];
+    let q = q4_group(row, g);
     return masked_dot8(q.x, xs.v0, xs.v1) + masked_dot8(q.y, xs.v2, xs.v3) + masked_dot8(q.z, xs.v4, xs.v5)
         + masked_dot8(q.w, xs.v6, xs.v7) - 8.0 * xs.sum;
 #endif
 #if Q8
+    let at = row * (p.cols / 32u) + g;
     let a = w[2u * at];
     let b = w[2u * at + 1u];
     return dot(bytes4(a.x), xs.v0) + dot(bytes4(a.y), xs.v1) + dot(bytes4(a.z), xs.v2) + dot(bytes4(a.w), xs.v3)

@@ -4,7 +4,7 @@
 //
 //   node tools/bench-browser.mjs MODEL_DIR [--prompt WORDS] [--gen TOKENS] [--repeat N] [--context N]
 //                                [--schedule lane|workgroup] [--attention lane|workgroup] [--rows 1|2|4|8] [--tile 1|4|8]
-//                                [--activations f32|int8|int8-decode] [--profile] [--sample]
+//                                [--activations f32|int8|int8-decode] [--weights buffer|texture] [--profile] [--sample]
 // --profile: GPU time by kind of dispatch (timestamp queries, unrounded: Chromium runs with
 // its WebGPU developer features on). --sample: tokens picked with the demo's sampling
 // settings instead of greedily.
@@ -35,7 +35,7 @@ try {
     repeat: arg("--repeat", "3"), context: arg("--context", "512"), cache: "0",
   });
   // Matrix-product variants (default: the engine's choice).
-  for (const k of ["schedule", "attention", "rows", "tile", "activations"]) if (arg(`--${k}`)) q.set(k, arg(`--${k}`));
+  for (const k of ["schedule", "attention", "rows", "tile", "activations", "weights"]) if (arg(`--${k}`)) q.set(k, arg(`--${k}`));
   if (profile) q.set("profile", "1");
   if (process.argv.includes("--sample")) q.set("sample", "1");
   await page.goto(`http://127.0.0.1:${port}/www/bench.html?${q}`);

@@ -6,7 +6,7 @@
 //   node tools/bench-kernels-browser.mjs --rows R --cols K [--tokens T] [--repeat N] [VARIANT …]
 //
 // VARIANT: matmul.wgsl defines joined by '+', Q4 implied (default: the engine's choices on
-// SwiftShader and their neighbours); FILE.wgsl:DEFINES takes another file with matmul.wgsl's
+// SwiftShader and their neighbours; TEXELS puts the weights in a texture); FILE.wgsl:DEFINES takes another file with matmul.wgsl's
 // bindings and dispatch (a kernel being tried out). The same random inputs go to every variant: weights
 // (random nibbles, scales of 2^-7), and activations as 8-bit blocks (XQ8 variants) or as the
 // floats those blocks stand for (the others), so both kinds compute the same product.
@@ -28,8 +28,8 @@ const repeat = Number(arg("--repeat", 9));
 const flags = new Set(["--rows", "--cols", "--tokens", "--repeat"]);
 const named = process.argv.slice(2).filter((a, i, all) => !flags.has(a) && !flags.has(all[i - 1]));
 const defaults = tokens > 1
-  ? ["ROW_PER_LANE+ROWS2+ROWS4+ROWS8+XQ8+TILE8", "ROW_PER_LANE+ROWS2+ROWS4+XQ8+TILE8", "ROW_PER_LANE+ROWS2+ROWS4+ROWS8+TILE8", "ROW_PER_LANE+ROWS2+ROWS4+TILE8"]
-  : ["ROW_PER_LANE+ROWS2+ROWS4+ROWS8+XQ8", "ROW_PER_LANE+ROWS2+ROWS4+XQ8", "ROW_PER_LANE+ROWS2+ROWS4+ROWS8", "ROW_PER_LANE+ROWS2+ROWS4", ""];
+  ? ["ROW_PER_LANE+ROWS2+ROWS4+ROWS8+XQ8+TILE8+TEXELS", "ROW_PER_LANE+ROWS2+ROWS4+ROWS8+XQ8+TILE8", "ROW_PER_LANE+ROWS2+ROWS4+XQ8+TILE8", "ROW_PER_LANE+ROWS2+ROWS4+ROWS8+TILE8", "ROW_PER_LANE+ROWS2+ROWS4+TILE8"]
+  : ["ROW_PER_LANE+ROWS2+ROWS4+ROWS8+XQ8+TEXELS", "ROW_PER_LANE+ROWS2+ROWS4+ROWS8+XQ8", "ROW_PER_LANE+ROWS2+ROWS4+XQ8", "ROW_PER_LANE+ROWS2+ROWS4+ROWS8+TEXELS", "ROW_PER_LANE+ROWS2+ROWS4+ROWS8", ""];
 if (cols % 32 || !(rows > 0) || !(tokens > 0)) throw new Error("--cols must be a multiple of 32; --rows and --tokens positive");
 
 // matmul.wgsl's preprocessor (crate/src/gpu/preprocess.rs): #if A | B, #else, #endif.
@@ -63,6 +63,8 @@ const variants = (named.length ? named : defaults).map((name) => {
     name: name || "WORKGROUP",
     code: preprocess(source, defines),
     xq8: defines.includes("XQ8"),
+    // TEXELS: the weights as an rgba32uint texture, a texel per 32-weight group.
+    texels: defines.includes("TEXELS"),
     // Workgroups: a lane per row (64 · rows per lane to a workgroup) or a workgroup per row.
     groups: defines.includes("ROW_PER_LANE") ? Math.ceil(rows / (64 * perLane)) : rows,
     tile: defines.includes("TILE8") ? 8 : defines.includes("TILE4") ? 4 : 1,
@@ -115,7 +117,8 @@ try {
 
     const adapter = await navigator.gpu.requestAdapter();
     const limits = adapter.limits;
-    const device = await adapter.requestDevice({ requiredLimits: { maxStorageBufferBindingSize: limits.maxStorageBufferBindingSize, maxBufferSize: limits.maxBufferSize } });
+    const device = await adapter.requestDevice({ requiredLimits: { maxStorageBufferBindingSize: limits.maxStorageBufferBindingSize, maxBufferSize: limits.maxBufferSize, maxTextureDimension2D: limits.maxTextureDimension2D } });
+    if (variants.some((v) => v.texels) && rows > limits.maxTextureDimension2D) throw new Error(`TEXELS: ${rows} rows exceed the adapter's ${limits.maxTextureDimension2D}-texel textures (the engine splits such matrices)`);
     const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC;
     const upload = (data, u = usage) => {
       const buffer = device.createBuffer({ size: Math.max(16, data.byteLength), usage: u, mappedAtCreation: true });
@@ -124,6 +127,8 @@ try {
       return buffer;
     };
     const [wb, sb, xqb, xb] = [w, scales, xq, x].map((a) => upload(a));
+    const texels = device.createTexture({ size: [groups, Math.min(rows, limits.maxTextureDimension2D)], format: "rgba32uint", usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.COPY_DST });
+    if (rows <= limits.maxTextureDimension2D) device.queue.writeTexture({ texture: texels }, w, { bytesPerRow: groups * 16 }, [groups, rows]);
     const params = upload(new Uint32Array([rows, cols, tokens, rows, 0, 0, 0, 0]), GPUBufferUsage.UNIFORM);
     const runs = [];
     for (const v of variants) {
@@ -134,7 +139,8 @@ try {
       const y = device.createBuffer({ size: tokens * rows * 4, usage });
       const bind = device.createBindGroup({
         layout: pipeline.getBindGroupLayout(0),
-        entries: [v.xq8 ? xqb : xb, wb, sb, y, params].map((buffer, binding) => ({ binding, resource: { buffer } })),
+        entries: [v.xq8 ? xqb : xb, wb, sb, y, params].map((buffer, binding) =>
+          ({ binding, resource: binding === 1 && v.texels ? texels.createView() : { buffer } })),
       });
       runs.push({ v, pipeline, bind, y, ms: [] });
     }

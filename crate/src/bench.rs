@@ -189,6 +189,9 @@ pub fn kernels(gpu: &crate::gpu::Gpu, config: &crate::ModelConfig, prefill: usiz
     let mut schedules = vec!["ROW_PER_LANE", "ROW_PER_LANE+ROWS2", "ROW_PER_LANE+ROWS2+ROWS4", "ROW_PER_LANE+ROWS2+ROWS4+ROWS8", ""];
     // The products on 8-bit activations.
     schedules.extend(["ROW_PER_LANE+ROWS2+XQ8", "ROW_PER_LANE+ROWS2+ROWS4+XQ8", "ROW_PER_LANE+ROWS2+ROWS4+ROWS8+XQ8"]);
+    // The weights as texels (the engine's choice on CPU adapters, with 8 rows a lane).
+    schedules.extend(["ROW_PER_LANE+ROWS2+ROWS4+ROWS8+TEXELS", "ROW_PER_LANE+ROWS2+ROWS4+ROWS8+XQ8+TEXELS"]);
+    let max_texture = gpu.device.limits().max_texture_dimension_2d as usize;
     if gpu.subgroups {
         schedules.push("SUBGROUPS");
     }
@@ -203,7 +206,8 @@ pub fn kernels(gpu: &crate::gpu::Gpu, config: &crate::ModelConfig, prefill: usiz
             let xq = crate::quant::quantize_activations(&x);
             let y = vec![0f32; tokens * n_rows];
             // GLU pairs rows in a lane: at least 2 per lane.
-            for &schedule in schedules.iter().filter(|s| !glu || **s != "ROW_PER_LANE") {
+            // A texture holds at most max_texture rows (the engine splits bigger matrices).
+            for &schedule in schedules.iter().filter(|s| (!glu || **s != "ROW_PER_LANE") && !(s.contains("TEXELS") && w_rows > max_texture)) {
                 for &tile in tiles {
                     let mut defines = vec!["Q4"];
                     if glu {
@@ -220,7 +224,7 @@ pub fn kernels(gpu: &crate::gpu::Gpu, config: &crate::ModelConfig, prefill: usiz
                         source: shaders::MATMUL,
                         entry: "matmul",
                         defines: &defines,
-                        buffers: vec![Buf::In(input), Buf::In(&data), Buf::In(&scales), Buf::Out(bytemuck::cast_slice(&y))],
+                        buffers: vec![Buf::In(input), if schedule.contains("TEXELS") { Buf::Texels(&data, cols as u32 / 32) } else { Buf::In(&data) }, Buf::In(&scales), Buf::Out(bytemuck::cast_slice(&y))],
                         params: [r, cols as u32, tokens as u32, r, 0, 0, 0, 0],
                         groups: [g.min(65535), g.div_ceil(65535), (tokens as u32).div_ceil(tile)],
                     };

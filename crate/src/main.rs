@@ -442,6 +442,11 @@ mod cli {
         /// `auto` (8-bit on CPU adapters, f32 on GPUs).
         #[arg(long, default_value = "auto")]
         activations: puyu::gpu::model::Activations,
+        /// Where the q4 matrices live: `buffer` (storage buffers), `texture` (rgba32uint
+        /// textures, a texel per 32-weight group: fewer loads on CPU drivers), or `auto`
+        /// (textures on CPU adapters, buffers on GPUs).
+        #[arg(long, default_value = "auto")]
+        weight_storage: puyu::gpu::model::WeightStorage,
         /// Time every dispatch with timestamp queries (`bench --profile`).
         #[arg(skip)]
         timestamps: bool,
@@ -881,7 +886,7 @@ mod cli {
         let dir = ModelDir::open(dir, false)?;
         let gpu = args.open()?;
         let context = context(&dir.config);
-        let options = puyu::gpu::model::GpuOptions { context, activations: args.activations, ..Default::default() };
+        let options = puyu::gpu::model::GpuOptions { context, activations: args.activations, weight_storage: args.weight_storage, ..Default::default() };
         let total: u64 = dir.manifest.shards.iter().map(|s| s.size).sum();
         let bar = indicatif::ProgressBar::new(total).with_style(
             indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")?.progress_chars("=> "),

@@ -118,13 +118,16 @@ fn matmul_all_variants_and_shapes() {
                 for epilogue in ["", "ADD", "GLU"] {
                     let (w, sc, want) = weights.case(epilogue, &x, &y0, cols);
                     for tile in ["", "TILE4", "TILE8"] {
-                        for schedule in ["ROW_PER_LANE", "ROW_PER_LANE+ROWS2", "ROW_PER_LANE+ROWS2+ROWS4", "ROW_PER_LANE+ROWS2+ROWS4+ROWS8", "", "SUBGROUPS"] {
+                        // q4 weights also as texels (TEXELS: a texture, a row of K/32 texels a row).
+                        let storages: &[&str] = if quant == Quant::Q4 { &["", "TEXELS"] } else { &[""] };
+                        for (schedule, storage) in ["ROW_PER_LANE", "ROW_PER_LANE+ROWS2", "ROW_PER_LANE+ROWS2+ROWS4", "ROW_PER_LANE+ROWS2+ROWS4+ROWS8", "", "SUBGROUPS"].iter().flat_map(|s| storages.iter().map(move |t| (*s, *t))) {
                             // GLU pairs a lane's rows: at least 2 per lane.
                             if (schedule == "SUBGROUPS" && !g.subgroups) || (epilogue == "GLU" && schedule == "ROW_PER_LANE") {
                                 continue;
                             }
                             let mut defines: Vec<&str> = vec![quant.to_string().to_uppercase().leak()];
-                            defines.extend([epilogue, tile].into_iter().chain(schedule.split('+')).filter(|d| !d.is_empty()));
+                            defines.extend([epilogue, tile, storage].into_iter().chain(schedule.split('+')).filter(|d| !d.is_empty()));
+                            let w_buf = if storage == "TEXELS" { Buf::Texels(w, cols as u32 / 32) } else { Buf::In(w) };
                             let t = match tile { "TILE4" => 4, "TILE8" => 8, _ => 1 };
                             let r = rows as u32;
                             let per_lane = [("ROWS8", 8), ("ROWS4", 4), ("ROWS2", 2)].iter().find(|(d, _)| schedule.ends_with(d)).map_or(1, |&(_, n)| n);
@@ -134,7 +137,7 @@ fn matmul_all_variants_and_shapes() {
                                 source: shaders::MATMUL,
                                 entry: "matmul",
                                 defines: &defines,
-                                buffers: vec![Buf::In(bytes(&x)), Buf::In(w), Buf::In(sc), Buf::Out(bytes(&y0))],
+                                buffers: vec![Buf::In(bytes(&x)), w_buf, Buf::In(sc), Buf::Out(bytes(&y0))],
                                 params: [r, cols as u32, tokens as u32, r, 0, 0, 0, 0],
                                 groups: [groups, 1, (tokens as u32).div_ceil(t)],
                             });
@@ -192,12 +195,13 @@ fn int8_activations_quantize_and_multiply() {
         for epilogue in ["", "ADD", "GLU"] {
             let (w, sc, want) = weights.case(epilogue, &xhat, &y0, cols);
             for tile in ["", "TILE4", "TILE8"] {
-                for per_lane in [1u32, 2, 4, 8] {
+                for (per_lane, storage) in [1u32, 2, 4, 8].into_iter().flat_map(|n| [(n, ""), (n, "TEXELS")]) {
                     if epilogue == "GLU" && per_lane == 1 {
                         continue;
                     }
                     let mut defines = vec!["Q4", "XQ8", "ROW_PER_LANE"];
-                    defines.extend([epilogue, tile].into_iter().filter(|d| !d.is_empty()));
+                    defines.extend([epilogue, tile, storage].into_iter().filter(|d| !d.is_empty()));
+                    let w_buf = if storage == "TEXELS" { Buf::Texels(w, cols as u32 / 32) } else { Buf::In(w) };
                     defines.extend(&["ROWS2", "ROWS4", "ROWS8"][..per_lane.ilog2() as usize]);
                     let t = match tile { "TILE4" => 4, "TILE8" => 8, _ => 1 };
                     let outputs_per_lane = if epilogue == "GLU" { per_lane / 2 } else { per_lane };
@@ -205,7 +209,7 @@ fn int8_activations_quantize_and_multiply() {
                         source: shaders::MATMUL,
                         entry: "matmul",
                         defines: &defines,
-                        buffers: vec![Buf::In(bytemuck::cast_slice(&quantize_activations(&x))), Buf::In(w), Buf::In(sc), Buf::Out(bytes(&y0))],
+                        buffers: vec![Buf::In(bytemuck::cast_slice(&quantize_activations(&x))), w_buf, Buf::In(sc), Buf::Out(bytes(&y0))],
                         params: [rows as u32, cols as u32, tokens as u32, rows as u32, 0, 0, 0, 0],
                         groups: [(rows as u32).div_ceil(64 * outputs_per_lane), 1, (tokens as u32).div_ceil(t)],
                     });

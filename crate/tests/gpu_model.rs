@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 
 use puyu::convert::{convert, ConvertOptions};
-use puyu::gpu::model::{Activations, GpuModel, GpuOptions, Schedule};
+use puyu::gpu::model::{Activations, GpuModel, GpuOptions, Schedule, WeightStorage};
 use puyu::gpu::FeatureWish;
 use puyu::model_dir::ModelDir;
 use puyu::quant::Quant;
@@ -157,6 +157,22 @@ fn int8_activations_track_the_reference() {
 #[test]
 fn tiny_q4_on_gpu() {
     check(TINY, Quant::Q4, 64);
+}
+
+/// q4 matrices in storage buffers and in textures (the default on CPU adapters, so most
+/// tests here run on those), in both matmul schedules, against the reference.
+#[test]
+fn q4_weights_in_buffers_and_textures() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = folder(TINY, Quant::Q4, root.path());
+    for weight_storage in [WeightStorage::Buffer, WeightStorage::Texture] {
+        for matmul in [Schedule::RowPerLane, Schedule::Workgroup] {
+            let options = GpuOptions { weight_storage, matmul, ..sized(256, 64) };
+            let gpu = gpu_model(&dir, options.clone());
+            assert_eq!(gpu.describe().contains("q4 weights in textures"), weight_storage == WeightStorage::Texture, "{}", gpu.describe());
+            check_with(TINY, Quant::Q4, options, FeatureWish::PORTABLE);
+        }
+    }
 }
 
 #[test]
@@ -425,9 +441,17 @@ fn device_limits_and_loss_are_named_errors() {
 /// Weights streamed shard by shard in pieces of awkward sizes (1, 3, 5, 4093 bytes… as a
 /// browser's fetch chunks may be), into a model with small shards (tensors split across
 /// shards) and small buffers (tensors split across buffers), give bit-identical logits to
-/// whole-blob uploads; a stream that stops early is the named IncompleteModel error.
+/// whole-blob uploads, with the q4 matrices in buffers and in textures (whose rows cut by a
+/// piece wait for their other bytes); a stream that stops early is the named IncompleteModel
+/// error.
 #[test]
 fn streamed_upload_in_odd_pieces_equals_whole_blobs() {
+    for storage in [WeightStorage::Buffer, WeightStorage::Texture] {
+        streamed_upload(storage);
+    }
+}
+
+fn streamed_upload(weight_storage: WeightStorage) {
     use puyu::model_dir::ShardStream;
     let root = tempfile::tempdir().unwrap();
     let hf = root.path().join("hf");
@@ -437,7 +461,7 @@ fn streamed_upload_in_odd_pieces_equals_whole_blobs() {
     let dir = ModelDir::open(&out, false).unwrap();
     assert!(dir.manifest.shards.len() >= 3, "the test wants several shards");
     assert!(dir.manifest.tensors.iter().any(|t| t.parts.len() > 1), "the test wants a tensor split across shards");
-    let options = GpuOptions { weight_binding_limit: Some(4096), ..sized(64, 64) };
+    let options = GpuOptions { weight_binding_limit: Some(4096), weight_storage, ..sized(64, 64) };
     let (_, prompt) = common::Golden::load(TINY.name).ids("prompt_ids");
     let open = || pollster::block_on(puyu::gpu::Gpu::open(wgpu::Backends::all(), FeatureWish::PORTABLE)).unwrap();
 
@@ -503,7 +527,10 @@ fn profile_times_every_dispatch() {
         assert_eq!(names, want);
         for r in &step.rows {
             // A greedy draw is two passes: 512 lanes' bests, then the best of those.
-            let n = if per_layer.contains(&r.name) { layers } else if r.name == "sample" { 2 } else { 1 };
+            // The output matrix (92,544 rows) in textures is split by the texture height limit.
+            let max_rows = gpu.gpu().device.limits().max_texture_dimension_2d as usize / 2 * 2;
+            let output = if gpu.weights_in_textures() { dir.config.vocab_size.div_ceil(max_rows) } else { 1 };
+            let n = if per_layer.contains(&r.name) { layers } else if r.name == "sample" { 2 } else if r.name == "output" { output } else { 1 };
             assert_eq!(r.dispatches, n, "{}", r.name);
             assert!(r.ms.is_finite() && r.ms >= 0.0, "{}: {} ms", r.name, r.ms);
         }

@@ -110,12 +110,14 @@ test("kernels: other matrix-product variants give the native ids; profile times 
     const ids = [];
     const profiles = [];
     const activations = [];
+    const storage = [];
     // SwiftShader is a CPU adapter: attention runs a lane per query or split unless told.
-    for (const kernels of [{ rowsPerLane: 1, prefillTile: 1 }, { schedule: "lane", attention: "workgroup", rowsPerLane: 2, prefillTile: 4, profile: true }]) {
+    for (const kernels of [{ rowsPerLane: 1, prefillTile: 1 }, { schedule: "lane", attention: "workgroup", rowsPerLane: 2, prefillTile: 4, profile: true }, { weightStorage: "buffer" }]) {
       const engine = await createEngine({ model: "models/tiny-q4/", kernels });
       ids.push((await engine.chat.completions.create({ messages, max_tokens: 12, temperature: 0 })).puyu.token_ids);
       profiles.push(engine.info().profile);
       activations.push(engine.info().activations);
+      storage.push(engine.info().weight_storage);
       await engine.unload();
     }
     let bad = null;
@@ -130,7 +132,13 @@ test("kernels: other matrix-product variants give the native ids; profile times 
     } catch (e) {
       badActivations = { name: e.name, message: e.message };
     }
-    return { ids, bad, badActivations, profiles, activations };
+    let badStorage = null;
+    try {
+      await createEngine({ model: "models/tiny-q4/", kernels: { weightStorage: "image" } });
+    } catch (e) {
+      badStorage = { name: e.name, message: e.message };
+    }
+    return { ids, bad, badActivations, badStorage, profiles, activations, storage };
   }, messages);
   for (const ids of out.ids) assert.deepEqual(ids, want);
   // Timestamps only when asked; then the prompt step and the last decode step, by dispatch
@@ -145,7 +153,10 @@ test("kernels: other matrix-product variants give the native ids; profile times 
   assert.ok(decode.steps >= 1 && decode.steps <= 11, JSON.stringify(decode));
   // SwiftShader is a CPU adapter: the q4 products take 8-bit activations, quantized first, in
   // decode and in prefill: all 9 (4 a layer and the output) each step.
-  assert.deepEqual(out.activations, ["int8", "int8"]);
+  assert.deepEqual(out.activations, ["int8", "int8", "int8"]);
+  // and its q4 matrices go to textures unless told (the tiny model's output matrix, 92,544
+  // rows, over several: more rows than a texture may have).
+  assert.deepEqual(out.storage, ["texture", "texture", "buffer"]);
   for (const step of [prefill, decode]) {
     assert.deepEqual(step.rows.map((r) => r.name).filter((n) => n !== "quantize"), ["embed", "attention_norm", "wqkv", "rope", "attend",
       "combine", "wo", "ffn_norm", "w1+w3", "w2", "final_norm", "output", "sample"]);
@@ -157,6 +168,8 @@ test("kernels: other matrix-product variants give the native ids; profile times 
   assert.match(out.bad.message, /rowsPerLane must be 1, 2, 4 or 8/);
   assert.equal(out.badActivations?.name, "InvalidOptionError");
   assert.match(out.badActivations.message, /activations must be auto, f32, int8 or int8-decode, not `int4`/);
+  assert.equal(out.badStorage?.name, "InvalidOptionError");
+  assert.match(out.badStorage.message, /weight storage must be auto, buffer or texture, not `image`/);
 });
 
 test("named errors: bad options, a prompt over the context, a missing model, a lost device (then a new engine)", async () => {

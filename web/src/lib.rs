@@ -110,8 +110,12 @@ fn kernel_options(mut o: GpuOptions, kernels: Option<&Value>) -> Result<(GpuOpti
                 let name = v.as_str().map_or_else(|| v.to_string(), str::to_string);
                 o.activations = name.parse().map_err(|e| invalid(format!("kernels.{e}")))?;
             }
+            "weightStorage" => {
+                let name = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                o.weight_storage = name.parse().map_err(|e| invalid(format!("kernels.{e}")))?;
+            }
             "profile" => profile = v.as_bool().ok_or_else(|| invalid(format!("kernels.profile must be true or false, got {v}")))?,
-            _ => return Err(invalid(format!("unknown kernels option {key} (known: schedule, attention, rowsPerLane, prefillTile, activations, profile)"))),
+            _ => return Err(invalid(format!("unknown kernels option {key} (known: schedule, attention, rowsPerLane, prefillTile, activations, weightStorage, profile)"))),
         }
     }
     Ok((o, profile))
@@ -134,7 +138,7 @@ impl Loader {
     /// "f16": bool, "kernels": {"schedule": "auto" | "lane" | "workgroup", "attention": the
     /// same, "rowsPerLane":
     /// 1 | 2 | 4 | 8, "prefillTile": 1 | 4 | 8, "activations": "auto" | "f32" | "int8" |
-    /// "int8-decode", "profile": bool}}` (all optional; `kernels` is for benchmarks:
+    /// "int8-decode", "weightStorage": "auto" | "buffer" | "texture", "profile": bool}}` (all optional; `kernels` is for benchmarks:
     /// `profile` times every dispatch, see `info().profile`).
     pub async fn create(config_json: String, manifest_json: String, tokenizer_json: Vec<u8>, options_json: String) -> Result<Loader, JsValue> {
         let options: Value = serde_json::from_str(&options_json).map_err(|e| invalid(format!("options: {e}")))?;
@@ -262,6 +266,7 @@ impl Engine {
             "description": m.describe(),
             "f16": m.gpu().f16,
             "activations": m.activations,
+            "weight_storage": if m.weights_in_textures() { "texture" } else { "buffer" },
             "context": m.context,
             "memory": m.memory,
             "layers": c.num_layers,

@@ -14,6 +14,9 @@ pub enum Buf<'a> {
     In(&'a [u8]),
     /// Read-write, starting with these contents; read back after the launch.
     Out(&'a [u8]),
+    /// Read-only rows of 16-byte texels (q4 groups), as an rgba32uint texture this many texels
+    /// wide (matmul.wgsl's TEXELS).
+    Texels(&'a [u8], u32),
 }
 
 /// One dispatch of `entry` in `source` expanded with `defines`.
@@ -24,6 +27,11 @@ pub struct Launch<'a> {
     pub buffers: Vec<Buf<'a>>,
     pub params: [u32; 8],
     pub groups: [u32; 3],
+}
+
+enum Resource {
+    Buffer(wgpu::Buffer),
+    View(wgpu::TextureView),
 }
 
 struct Prepared {
@@ -40,12 +48,38 @@ fn prepare(gpu: &Gpu, l: &Launch) -> Result<Prepared> {
         source: wgpu::ShaderSource::Wgsl(code.into()),
     });
     let mut entries = Vec::new();
-    let mut buffers = Vec::new();
+    let mut resources = Vec::new();
     let mut outs = Vec::new();
     for (b, buf) in l.buffers.iter().enumerate() {
         let (bytes, read_only) = match buf {
             Buf::In(x) => (*x, true),
             Buf::Out(x) => (*x, false),
+            Buf::Texels(x, width) => {
+                let height = (x.len() / (16 * *width as usize)) as u32;
+                let texture = dev.create_texture_with_data(
+                    &gpu.queue,
+                    &wgpu::TextureDescriptor {
+                        label: None,
+                        size: wgpu::Extent3d { width: *width, height, depth_or_array_layers: 1 },
+                        mip_level_count: 1,
+                        sample_count: 1,
+                        dimension: wgpu::TextureDimension::D2,
+                        format: wgpu::TextureFormat::Rgba32Uint,
+                        usage: wgpu::TextureUsages::TEXTURE_BINDING,
+                        view_formats: &[],
+                    },
+                    wgpu::util::TextureDataOrder::LayerMajor,
+                    x,
+                );
+                entries.push(wgpu::BindGroupLayoutEntry {
+                    binding: b as u32,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Texture { sample_type: wgpu::TextureSampleType::Uint, view_dimension: wgpu::TextureViewDimension::D2, multisampled: false },
+                    count: None,
+                });
+                resources.push(Resource::View(texture.create_view(&Default::default())));
+                continue;
+            }
         };
         // Bindings may not be empty, and sizes are whole words.
         let mut contents = bytes.to_vec();
@@ -59,14 +93,14 @@ fn prepare(gpu: &Gpu, l: &Launch) -> Result<Prepared> {
         if !read_only {
             outs.push(buffer.clone());
         }
-        buffers.push(buffer);
+        resources.push(Resource::Buffer(buffer));
     }
     let params = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
         label: Some("params"),
         contents: bytemuck::cast_slice(&l.params),
         usage: wgpu::BufferUsages::UNIFORM,
     });
-    entries.push(layout_entry(buffers.len() as u32, wgpu::BufferBindingType::Uniform));
+    entries.push(layout_entry(resources.len() as u32, wgpu::BufferBindingType::Uniform));
     let layout = dev.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &entries });
     let pipeline_layout = dev.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
         label: None,
@@ -81,12 +115,18 @@ fn prepare(gpu: &Gpu, l: &Launch) -> Result<Prepared> {
         compilation_options: Default::default(),
         cache: None,
     });
-    let mut bind_entries: Vec<wgpu::BindGroupEntry> = buffers
+    let mut bind_entries: Vec<wgpu::BindGroupEntry> = resources
         .iter()
         .enumerate()
-        .map(|(b, buf)| wgpu::BindGroupEntry { binding: b as u32, resource: buf.as_entire_binding() })
+        .map(|(b, r)| wgpu::BindGroupEntry {
+            binding: b as u32,
+            resource: match r {
+                Resource::Buffer(buf) => buf.as_entire_binding(),
+                Resource::View(view) => wgpu::BindingResource::TextureView(view),
+            },
+        })
         .collect();
-    bind_entries.push(wgpu::BindGroupEntry { binding: buffers.len() as u32, resource: params.as_entire_binding() });
+    bind_entries.push(wgpu::BindGroupEntry { binding: resources.len() as u32, resource: params.as_entire_binding() });
     let bind = dev.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &bind_entries });
     Ok(Prepared { pipeline, bind, outs })
 }

@@ -76,6 +76,9 @@ pub mod shaders {
                 }
             }
         }
+        // Every q4 product also with its weights as texels.
+        let texels: Vec<_> = v.iter().filter(|(file, _, defs)| *file == "matmul.wgsl" && defs[0] == "Q4").map(|(f, src, defs)| (*f, *src, [defs.clone(), vec!["TEXELS"]].concat())).collect();
+        v.extend(texels);
         v
     }
 }

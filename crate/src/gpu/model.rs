@@ -16,7 +16,7 @@ use crate::sampling::{Draw, Sampler};
 use super::pipelines::{Bind, Pipelines};
 use super::profile::{Profile, Profiler};
 use super::sampler::{self, GpuSampler};
-use super::weights::{Target, WeightWriter};
+use super::weights::{Dest, Target, WeightWriter};
 use super::{shaders, Gpu};
 
 /// Uniform parameter slots are this far apart (the usual min_uniform_buffer_offset_alignment).
@@ -114,8 +114,24 @@ struct Weight {
 struct WeightChunk {
     row0: usize,
     rows: usize,
-    data: wgpu::Buffer,
+    data: ChunkData,
     scales: wgpu::Buffer,
+}
+
+/// Where a chunk's weights (without their scales) are.
+enum ChunkData {
+    Buffer(wgpu::Buffer),
+    /// q4 groups as the texels of an rgba32uint texture, [rows, K/32] (see [`WeightStorage`]).
+    Texels(wgpu::Texture, wgpu::TextureView),
+}
+
+impl ChunkData {
+    fn binding(&self) -> wgpu::BindingResource<'_> {
+        match self {
+            ChunkData::Buffer(b) => b.as_entire_binding(),
+            ChunkData::Texels(_, view) => wgpu::BindingResource::TextureView(view),
+        }
+    }
 }
 
 /// How the matrix products (matmul.wgsl), or attention (attention.wgsl), are scheduled.
@@ -160,6 +176,34 @@ impl std::str::FromStr for Activations {
     }
 }
 
+/// Where the q4 matrices of the products live.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WeightStorage {
+    /// Textures on CPU adapters, storage buffers on GPUs.
+    #[default]
+    Auto,
+    Buffer,
+    /// rgba32uint textures, a texel per 32-weight group and a texel row per weight row:
+    /// SwiftShader fetches a texel with one 16-byte load per lane, where a storage buffer's
+    /// vec4 costs four 4-byte gathers, each with a branch per lane (decode's products 25–30%
+    /// faster there).
+    Texture,
+}
+
+impl std::str::FromStr for WeightStorage {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(WeightStorage::Auto),
+            "buffer" => Ok(WeightStorage::Buffer),
+            "texture" => Ok(WeightStorage::Texture),
+            _ => Err(format!("weight storage must be auto, buffer or texture, not `{s}`")),
+        }
+    }
+}
+
 /// Sizes and choices for [`GpuModel::new`].
 #[derive(Clone, Debug)]
 pub struct GpuOptions {
@@ -186,11 +230,13 @@ pub struct GpuOptions {
     /// its 64-token tiles 25–45%).
     pub rows_per_lane: Option<u32>,
     pub activations: Activations,
+    /// Where the q4 matrices of the products live (the embedding stays in buffers).
+    pub weight_storage: WeightStorage,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { context: 4096, chunk: 128, logit_rows: 8, weight_binding_limit: None, matmul: Schedule::Auto, attention: Schedule::Auto, prefill_tile: None, rows_per_lane: None, activations: Activations::Auto }
+        GpuOptions { context: 4096, chunk: 128, logit_rows: 8, weight_binding_limit: None, matmul: Schedule::Auto, attention: Schedule::Auto, prefill_tile: None, rows_per_lane: None, activations: Activations::Auto, weight_storage: WeightStorage::Auto }
     }
 }
 
@@ -235,6 +281,8 @@ pub struct GpuModel {
     prefill_tile: u32,
     /// What the q4 products multiply with (never `Auto`: the choice made for the adapter).
     pub activations: Activations,
+    /// Whether q4 matrices are in textures ([`WeightStorage`]).
+    texels: bool,
     pub memory: Memory,
     /// Tokens in the cache.
     pub len: usize,
@@ -294,6 +342,11 @@ impl GpuModel {
             a => a,
         };
         let int8 = activations != Activations::F32;
+        let texels = match options.weight_storage {
+            WeightStorage::Auto => cpu,
+            WeightStorage::Buffer => false,
+            WeightStorage::Texture => true,
+        };
         let c = &config;
         let (h, i, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
@@ -346,8 +399,10 @@ impl GpuModel {
             })
         };
         let writer = std::cell::RefCell::new(WeightWriter::new(gpu.queue.clone(), manifest));
-        // The tensors `names` (one, or w1 and w3 of the same shape) stacked in one set of buffers.
-        let stacked = |names: &[&str]| -> Result<Weight> {
+        let max_texture = limits.max_texture_dimension_2d as usize;
+        // The tensors `names` (one, or w1 and w3 of the same shape) stacked in one set of
+        // buffers; q4 matrices in textures instead when `texels` (and their rows fit one).
+        let stacked = |names: &[&str], texels: bool| -> Result<Weight> {
             let (t, entry) = manifest.tensor(names[0]).ok_or_else(|| Error::MissingTensor { name: names[0].into() })?;
             let mut tensors = vec![t];
             for name in &names[1..] {
@@ -366,7 +421,13 @@ impl GpuModel {
             // Rows per buffer (of each stacked tensor): within the limit, and even, so that a
             // block's f16 scales start on a u32 word.
             let (d_row, s_row) = (entry.quant.data_bytes_per_row(cols), entry.quant.scale_bytes_per_row(cols));
-            let per = (weight_limit / (k * d_row.max(s_row)).max(1) as u64) as usize / 2 * 2;
+            let groups = cols / 32;
+            let texels = texels && entry.quant == Quant::Q4 && groups <= max_texture && k * 2 <= max_texture;
+            let mut per = (weight_limit / (k * d_row.max(s_row)).max(1) as u64) as usize / 2 * 2;
+            if texels {
+                // A texture holds at most max_texture rows.
+                per = per.min(max_texture / k / 2 * 2);
+            }
             if per == 0 {
                 return Err(Error::Gpu(format!("{k} row(s) of `{}` exceed the {weight_limit}-byte binding limit", names[0])));
             }
@@ -374,31 +435,50 @@ impl GpuModel {
                 .step_by(per)
                 .map(|row0| {
                     let n = per.min(rows - row0);
-                    WeightChunk {
-                        row0,
-                        rows: n,
-                        data: storage(names[0], (k * n * d_row) as u64),
-                        scales: storage(names[0], (k * n * s_row) as u64),
-                    }
+                    let data = if texels {
+                        let texture = dev.create_texture(&wgpu::TextureDescriptor {
+                            label: Some(names[0]),
+                            size: wgpu::Extent3d { width: groups as u32, height: (k * n) as u32, depth_or_array_layers: 1 },
+                            mip_level_count: 1,
+                            sample_count: 1,
+                            dimension: wgpu::TextureDimension::D2,
+                            format: wgpu::TextureFormat::Rgba32Uint,
+                            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+                            view_formats: &[],
+                        });
+                        allocated.set(allocated.get() + (k * n * d_row) as u64);
+                        let view = texture.create_view(&Default::default());
+                        ChunkData::Texels(texture, view)
+                    } else {
+                        ChunkData::Buffer(storage(names[0], (k * n * d_row) as u64))
+                    };
+                    WeightChunk { row0, rows: n, data, scales: storage(names[0], (k * n * s_row) as u64) }
                 })
                 .collect();
             for (b, (&t, name)) in tensors.iter().zip(names).enumerate() {
                 let targets = |scales: bool| -> Vec<Target> {
                     let row = if scales { s_row } else { d_row };
-                    let buffer = |c: &WeightChunk| if scales { c.scales.clone() } else { c.data.clone() };
-                    chunks.iter().map(|c| Target { row0: c.row0, rows: c.rows, buffer: buffer(c), offset: (b * c.rows * row) as u64 }).collect()
+                    let into = |c: &WeightChunk| match (&c.data, scales) {
+                        (ChunkData::Buffer(data), false) => Dest::Buffer(data.clone()),
+                        (ChunkData::Texels(texture, _), false) => Dest::Texels(texture.clone()),
+                        (_, true) => Dest::Buffer(c.scales.clone()),
+                    };
+                    chunks.iter().map(|c| Target { row0: c.row0, rows: c.rows, into: into(c), offset: (b * c.rows * row) as u64 }).collect()
                 };
                 writer.borrow_mut().add_tensor(t, name, d_row, s_row, targets(false), targets(true));
             }
             Ok(Weight { quant: entry.quant, rows, chunks })
         };
-        let weight = |name: &str| stacked(&[name]);
+        let weight = |name: &str| stacked(&[name], false);
+        let matrix = |name: &str| stacked(&[name], texels);
 
         let f = 4u64;
         let weights_start = allocated.get();
         let norm = |name: &str| -> Result<wgpu::Buffer> {
-            let mut w = weight(name)?;
-            Ok(w.chunks.remove(0).data)
+            match weight(name)?.chunks.remove(0).data {
+                ChunkData::Buffer(b) => Ok(b),
+                ChunkData::Texels(..) => Err(Error::Gpu(format!("`{name}` is a vector, not a matrix in a texture"))),
+            }
         };
 
         let mut pipelines = Pipelines::default();
@@ -407,24 +487,26 @@ impl GpuModel {
         let mut steps: Vec<StepSpec> = Vec::new();
         // Built first so the borrows below can refer to them.
         let embedding = weight("model.tok_embeddings.weight")?;
-        let embedding_bytes: u64 = embedding.chunks.iter().map(|c| c.data.size() + c.scales.size()).sum();
+        let embedding_bytes: u64 = embedding.chunks.iter().map(|c| c.scales.size() + if let ChunkData::Buffer(b) = &c.data { b.size() } else { 0 }).sum();
         let mut layers = Vec::new();
         for l in 0..c.num_layers {
             let p = format!("model.layers.{l}.");
             layers.push((
                 norm(&format!("{p}attention_norm.weight"))?,
-                weight(&format!("{p}attention.wqkv.weight"))?,
-                weight(&format!("{p}attention.wo.weight"))?,
+                matrix(&format!("{p}attention.wqkv.weight"))?,
+                matrix(&format!("{p}attention.wo.weight"))?,
                 norm(&format!("{p}ffn_norm.weight"))?,
-                stacked(&[&format!("{p}feed_forward.w1.weight"), &format!("{p}feed_forward.w3.weight")])?,
-                weight(&format!("{p}feed_forward.w2.weight"))?,
+                stacked(&[&format!("{p}feed_forward.w1.weight"), &format!("{p}feed_forward.w3.weight")], texels)?,
+                matrix(&format!("{p}feed_forward.w2.weight"))?,
                 // Whole vec4s: attention.wgsl reads the caches 4 values at a time.
                 storage("k cache", ((context * nkv * hd * kv_bytes) as u64).next_multiple_of(16)),
                 storage("v cache", ((context * nkv * hd * kv_bytes) as u64).next_multiple_of(16)),
             ));
         }
         let final_norm = norm("model.norm.weight")?;
-        let output = weight("output.weight")?;
+        let output = matrix("output.weight")?;
+        // Whether any matrix went to textures (q4 ones do when `texels`).
+        let texels_used = layers.iter().any(|l| matches!(l.5.chunks[0].data, ChunkData::Texels(..))) || matches!(output.chunks[0].data, ChunkData::Texels(..));
         let kv_cache = 2 * (c.num_layers * context * nkv * hd * kv_bytes) as u64;
         let weights_bytes = allocated.get() - weights_start - kv_cache;
 
@@ -454,17 +536,17 @@ impl GpuModel {
 
         let embed = pipelines.get(dev, "embed", shaders::EMBED, "embed", &[quant_define(embedding.quant)?], &[Bind::Read, Bind::Read, Bind::Read, Bind::Write, Bind::Uniform])?;
         for c in &embedding.chunks {
-            steps.push(("embed", Op::Embed { row0: c.row0 as u32, rows: c.rows as u32 }, embed.clone(), None, vec![&tokens, &c.data, &c.scales, &x]));
+            steps.push(("embed", Op::Embed { row0: c.row0 as u32, rows: c.rows as u32 }, embed.clone(), None, vec![tokens.as_entire_binding(), c.data.binding(), c.scales.as_entire_binding(), x.as_entire_binding()]));
         }
         for (an, wqkv, wo, fnorm, w13, w2, kc, vc) in &layers {
-            steps.push(("attention_norm", Op::Norm, pipelines.get(dev, "norm", shaders::NORM, "rms_norm", &[], &norm_layout)?, None, vec![&x, an, &xn]));
+            steps.push(("attention_norm", Op::Norm, pipelines.get(dev, "norm", shaders::NORM, "rms_norm", &[], &norm_layout)?, None, bound(&[&x, an, &xn])));
             push_matmul(dev, &mut pipelines, kernel, &mut steps, "wqkv", (&xn, &xq), wqkv, &qkv, h, Epilogue::Store)?;
-            steps.push(("rope", Op::Rope, pipelines.get(dev, "rope", shaders::ROPE, "rope_kv", kv_define, &[Bind::Read, Bind::Read, Bind::Write, Bind::Write, Bind::Write, Bind::Uniform])?, None, vec![&qkv, &cos_sin, &q, kc, vc]));
+            steps.push(("rope", Op::Rope, pipelines.get(dev, "rope", shaders::ROPE, "rope_kv", kv_define, &[Bind::Read, Bind::Read, Bind::Write, Bind::Write, Bind::Write, Bind::Uniform])?, None, bound(&[&qkv, &cos_sin, &q, kc, vc])));
             for (op, entry) in [(Op::Attend, "attend"), (Op::Combine, "combine")] {
-                steps.push((entry, op, pipelines.get(dev, "attention", shaders::ATTENTION, entry, kv_define, &attn_layout)?, None, vec![&q, kc, vc, &part, &attn]));
+                steps.push((entry, op, pipelines.get(dev, "attention", shaders::ATTENTION, entry, kv_define, &attn_layout)?, None, bound(&[&q, kc, vc, &part, &attn])));
             }
             push_matmul(dev, &mut pipelines, kernel, &mut steps, "wo", (&attn, &xq), wo, &x, nh * hd, Epilogue::Add)?;
-            steps.push(("ffn_norm", Op::Norm, pipelines.get(dev, "norm", shaders::NORM, "rms_norm", &[], &norm_layout)?, None, vec![&x, fnorm, &xn]));
+            steps.push(("ffn_norm", Op::Norm, pipelines.get(dev, "norm", shaders::NORM, "rms_norm", &[], &norm_layout)?, None, bound(&[&x, fnorm, &xn])));
             push_matmul(dev, &mut pipelines, kernel, &mut steps, "w1+w3", (&xn, &xq), w13, &act, h, Epilogue::Glu)?;
             push_matmul(dev, &mut pipelines, kernel, &mut steps, "w2", (&act, &xq), w2, &x, i, Epilogue::Add)?;
         }
@@ -478,7 +560,7 @@ impl GpuModel {
         };
         // The last rows of x are copied to x_last before these (see `step`).
         let head = steps.len();
-        steps.push(("final_norm", Op::Norm, pipelines.get(dev, "norm", shaders::NORM, "rms_norm", &[], &norm_layout)?, None, vec![&x_last, &final_norm, &xn]));
+        steps.push(("final_norm", Op::Norm, pipelines.get(dev, "norm", shaders::NORM, "rms_norm", &[], &norm_layout)?, None, bound(&[&x_last, &final_norm, &xn])));
         push_matmul(dev, &mut pipelines, kernel, &mut steps, "output", (&xn, &xq), &output, &logits, h, Epilogue::Store)?;
 
         // Sampling is not in `steps`: it runs only when asked.
@@ -501,13 +583,13 @@ impl GpuModel {
             offset: s as u64 * SLOT,
             size: wgpu::BufferSize::new(32),
         });
-        let bind = |layout: &wgpu::BindGroupLayout, buffers: &[&wgpu::Buffer], s: usize| {
-            let mut entries: Vec<wgpu::BindGroupEntry> = buffers
+        let bind = |layout: &wgpu::BindGroupLayout, resources: &[wgpu::BindingResource], s: usize| {
+            let mut entries: Vec<wgpu::BindGroupEntry> = resources
                 .iter()
                 .enumerate()
-                .map(|(b, buf)| wgpu::BindGroupEntry { binding: b as u32, resource: buf.as_entire_binding() })
+                .map(|(b, resource)| wgpu::BindGroupEntry { binding: b as u32, resource: resource.clone() })
                 .collect();
-            entries.push(wgpu::BindGroupEntry { binding: buffers.len() as u32, resource: slot(s) });
+            entries.push(wgpu::BindGroupEntry { binding: resources.len() as u32, resource: slot(s) });
             dev.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout, entries: &entries })
         };
         let steps: Vec<Step> = steps
@@ -518,7 +600,7 @@ impl GpuModel {
                 op,
                 bind: bind(&pipeline.get_bind_group_layout(0), &buffers, s),
                 pipeline,
-                tiled: tiled.map(|(p, own): (wgpu::ComputePipeline, Option<Vec<&wgpu::Buffer>>)| {
+                tiled: tiled.map(|(p, own): (wgpu::ComputePipeline, Option<Vec<wgpu::BindingResource>>)| {
                     let own = own.map(|b| bind(&p.get_bind_group_layout(0), &b, s));
                     (p, own)
                 }),
@@ -549,6 +631,7 @@ impl GpuModel {
             lane_attention,
             prefill_tile,
             activations,
+            texels: texels_used,
             memory: Memory { weights: weights_bytes, decode_read: weights_bytes - embedding_bytes, kv_cache, scratch: allocated.get() - weights_bytes - kv_cache },
             len: 0,
         };
@@ -571,7 +654,13 @@ impl GpuModel {
             Activations::Int8Decode => "; q4 products on 8-bit activations in decode",
             _ => "",
         };
-        format!("{}; KV cache {}{activations}", self.gpu.describe(), if self.gpu.f16 { "f16" } else { "f32" })
+        let texels = if self.texels { "; q4 weights in textures" } else { "" };
+        format!("{}; KV cache {}{activations}{texels}", self.gpu.describe(), if self.gpu.f16 { "f16" } else { "f32" })
+    }
+
+    /// Whether the q4 matrices are in textures ([`WeightStorage`]).
+    pub fn weights_in_textures(&self) -> bool {
+        self.texels
     }
 
     /// Keeps only the first `len` tokens of the cache (a conversation that shares them with
@@ -782,7 +871,12 @@ impl GpuModel {
 /// A dispatch to be: its name, what it computes, its pipeline (and token-tiled pipeline, with
 /// its own buffers if they differ), and its buffers in binding order (the parameter slot
 /// comes last).
-type StepSpec<'b> = (&'static str, Op, wgpu::ComputePipeline, Option<(wgpu::ComputePipeline, Option<Vec<&'b wgpu::Buffer>>)>, Vec<&'b wgpu::Buffer>);
+type StepSpec<'b> = (&'static str, Op, wgpu::ComputePipeline, Option<(wgpu::ComputePipeline, Option<Vec<wgpu::BindingResource<'b>>>)>, Vec<wgpu::BindingResource<'b>>);
+
+/// Buffers as the bindings of a step.
+fn bound<'b>(buffers: &[&'b wgpu::Buffer]) -> Vec<wgpu::BindingResource<'b>> {
+    buffers.iter().map(|b| b.as_entire_binding()).collect()
+}
 
 /// Which matmul.wgsl variant the matrix products use.
 #[derive(Clone, Copy)]
@@ -824,7 +918,8 @@ fn push_matmul<'b>(
     cols: usize,
     epilogue: Epilogue,
 ) -> Result<()> {
-    let binds = [Bind::Read, Bind::Read, Bind::Read, Bind::Write, Bind::Uniform];
+    let texels = matches!(w.chunks[0].data, ChunkData::Texels(..));
+    let binds = [Bind::Read, if texels { Bind::Texels } else { Bind::Read }, Bind::Read, Bind::Write, Bind::Uniform];
     // Weight rows per lane; with GLU each output row is two of them (its gate and up rows).
     // Never more output rows a lane than the matrix fills: past its last row a lane sums
     // copies of that row (tiny's 64-row matrices at 8 rows a lane would do 8 times the work).
@@ -842,6 +937,9 @@ fn push_matmul<'b>(
         let mut defs = vec![quant_define(w.quant)?];
         if int8 {
             defs.push("XQ8");
+        }
+        if texels {
+            defs.push("TEXELS");
         }
         match epilogue {
             Epilogue::Store => {}
@@ -870,13 +968,14 @@ fn push_matmul<'b>(
     let per_lane = outputs;
     if int8_single || int8_tiles {
         let quantize = pl.get(dev, "quantize", shaders::QUANTIZE, "quantize", &[], &[Bind::Read, Bind::Write, Bind::Uniform])?;
-        steps.push(("quantize", Op::Quantize { cols: cols as u32, single: !int8_tiles }, quantize, None, vec![x, xq]));
+        steps.push(("quantize", Op::Quantize { cols: cols as u32, single: !int8_tiles }, quantize, None, bound(&[x, xq])));
     }
     let input = |int8: bool| if int8 { xq } else { x };
     for c in &w.chunks {
         let op = Op::Matmul { row0: c.row0 as u32, rows: c.rows as u32, total: w.rows as u32, cols: cols as u32, per_lane };
-        let tiled_buffers = (int8_tiles != int8_single).then(|| vec![input(int8_tiles), &c.data, &c.scales, y]);
-        steps.push((name, op, pipeline.clone(), Some((tiled.clone(), tiled_buffers)), vec![input(int8_single), &c.data, &c.scales, y]));
+        let bindings = |int8: bool| vec![input(int8).as_entire_binding(), c.data.binding(), c.scales.as_entire_binding(), y.as_entire_binding()];
+        let tiled_bindings = (int8_tiles != int8_single).then(|| bindings(int8_tiles));
+        steps.push((name, op, pipeline.clone(), Some((tiled.clone(), tiled_bindings)), bindings(int8_single)));
     }
     Ok(())
 }

@@ -12,6 +12,8 @@ pub(crate) enum Bind {
     Read,
     Write,
     Uniform,
+    /// A texture_2d<u32> (q4 weights as rgba32uint texels).
+    Texels,
 }
 
 /// Compiled pipelines, by (file, entry point, defines); their shader modules, by (file,
@@ -63,6 +65,18 @@ impl Pipelines {
                         Bind::Read => wgpu::BufferBindingType::Storage { read_only: true },
                         Bind::Write => wgpu::BufferBindingType::Storage { read_only: false },
                         Bind::Uniform => wgpu::BufferBindingType::Uniform,
+                        Bind::Texels => {
+                            return wgpu::BindGroupLayoutEntry {
+                                binding: b as u32,
+                                visibility: wgpu::ShaderStages::COMPUTE,
+                                ty: wgpu::BindingType::Texture {
+                                    sample_type: wgpu::TextureSampleType::Uint,
+                                    view_dimension: wgpu::TextureViewDimension::D2,
+                                    multisampled: false,
+                                },
+                                count: None,
+                            }
+                        }
                     };
                     super::layout_entry(b as u32, ty)
                 })

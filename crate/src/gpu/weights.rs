@@ -7,20 +7,33 @@
 //! boundaries. `queue.write_buffer` needs offsets and sizes in whole 4-byte words, so the
 //! bytes of a word cut by a piece boundary wait in `edges` until the word is complete (or,
 //! at the very end, are written zero-padded).
+//!
+//! A q4 matrix may live in a texture instead (one texel of 16 bytes per 32-weight group, a
+//! texel row per weight row: what CPU adapters read fastest): there whole rows are written,
+//! and the bytes of a row cut by a piece boundary wait in `row_edges` the same way.
 
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::model_dir::{BlobId, Manifest};
 
-/// One buffer's share of a tensor: rows `[row0, row0 + rows)` of its data or its scales,
-/// from byte `offset` of the buffer on (a buffer may stack blocks of several tensors).
+/// One buffer's (or texture's) share of a tensor: rows `[row0, row0 + rows)` of its data or
+/// its scales, from byte `offset` of the buffer on (a buffer may stack blocks of several
+/// tensors; in a texture, byte `offset` is where texel row offset / row bytes starts).
 #[derive(Clone)]
 pub(crate) struct Target {
     pub row0: usize,
     pub rows: usize,
-    pub buffer: wgpu::Buffer,
+    pub into: Dest,
     pub offset: u64,
+}
+
+/// Where a target's bytes go.
+#[derive(Clone)]
+pub(crate) enum Dest {
+    Buffer(wgpu::Buffer),
+    /// An rgba32uint texture, one texel row per row of the tensor.
+    Texels(wgpu::Texture),
 }
 
 /// Where the blobs of one tensor go.
@@ -43,6 +56,8 @@ pub struct WeightWriter {
     edges: HashMap<(usize, u64), (wgpu::Buffer, [u8; 4], u8)>,
     /// Buffers by the id used in `edges`.
     buffer_ids: HashMap<wgpu::Buffer, usize>,
+    /// Partly known texel rows: (texture, row) → (bytes, how many are known).
+    row_edges: HashMap<(wgpu::Texture, u32), (Vec<u8>, usize)>,
 }
 
 impl WeightWriter {
@@ -56,14 +71,16 @@ impl WeightWriter {
                 }
             }
         }
-        WeightWriter { queue, tensors: HashMap::new(), missing, edges: HashMap::new(), buffer_ids: HashMap::new() }
+        WeightWriter { queue, tensors: HashMap::new(), missing, edges: HashMap::new(), buffer_ids: HashMap::new(), row_edges: HashMap::new() }
     }
 
     /// Registers the buffers of tensor `t` (rows of `data_row` and `scale_row` bytes).
     pub(crate) fn add_tensor(&mut self, t: usize, name: &str, data_row: usize, scale_row: usize, data: Vec<Target>, scales: Vec<Target>) {
         for target in data.iter().chain(&scales) {
-            let next = self.buffer_ids.len();
-            self.buffer_ids.entry(target.buffer.clone()).or_insert(next);
+            if let Dest::Buffer(buffer) = &target.into {
+                let next = self.buffer_ids.len();
+                self.buffer_ids.entry(buffer.clone()).or_insert(next);
+            }
         }
         let targets = TensorTargets { name: name.to_string(), data, scales, data_row: data_row as u64, scale_row: scale_row as u64 };
         self.tensors.insert(t, targets);
@@ -89,13 +106,53 @@ impl WeightWriter {
             let (b0, b1) = (target.row0 as u64 * row_bytes, (target.row0 + target.rows) as u64 * row_bytes);
             let (from, to) = (start.max(b0), end.min(b1));
             if from < to {
-                pieces.push((target.buffer.clone(), target.offset + from - b0, &bytes[(from - start) as usize..(to - start) as usize]));
+                pieces.push((target.into.clone(), target.offset + from - b0, &bytes[(from - start) as usize..(to - start) as usize]));
             }
         }
-        for (buffer, at, piece) in pieces {
-            self.write_words(&buffer, at, piece);
+        for (into, at, piece) in pieces {
+            match into {
+                Dest::Buffer(buffer) => self.write_words(&buffer, at, piece),
+                Dest::Texels(texture) => self.write_rows(&texture, row_bytes, at, piece),
+            }
         }
         Ok(())
+    }
+
+    /// Writes `bytes` at byte `at` of `texture`'s rows (`row_bytes` each): whole rows
+    /// directly, cut rows via `row_edges`.
+    fn write_rows(&mut self, texture: &wgpu::Texture, row_bytes: u64, at: u64, bytes: &[u8]) {
+        let end = at + bytes.len() as u64;
+        let (mid0, mid1) = (at.next_multiple_of(row_bytes).min(end), end / row_bytes * row_bytes);
+        if mid0 < mid1 {
+            self.write_texels(texture, (mid0 / row_bytes) as u32, &bytes[(mid0 - at) as usize..(mid1 - at) as usize]);
+        }
+        for (from, to) in [(at, mid0.min(end)), (mid1.max(mid0), end)] {
+            if from >= to {
+                continue;
+            }
+            let row = from / row_bytes;
+            let key = (texture.clone(), row as u32);
+            let e = self.row_edges.entry(key.clone()).or_insert_with(|| (vec![0; row_bytes as usize], 0));
+            let first = (from - row * row_bytes) as usize;
+            e.0[first..first + (to - from) as usize].copy_from_slice(&bytes[(from - at) as usize..(to - at) as usize]);
+            e.1 += (to - from) as usize;
+            if e.1 == row_bytes as usize {
+                let (row_data, _) = self.row_edges.remove(&key).expect("just inserted");
+                self.write_texels(texture, row as u32, &row_data);
+            }
+        }
+    }
+
+    /// Whole texel rows from row `row` on.
+    fn write_texels(&self, texture: &wgpu::Texture, row: u32, bytes: &[u8]) {
+        let width = texture.width();
+        let rows = (bytes.len() / (16 * width as usize)) as u32;
+        self.queue.write_texture(
+            wgpu::TexelCopyTextureInfo { texture, mip_level: 0, origin: wgpu::Origin3d { x: 0, y: row, z: 0 }, aspect: wgpu::TextureAspect::All },
+            bytes,
+            wgpu::TexelCopyBufferLayout { offset: 0, bytes_per_row: Some(16 * width), rows_per_image: None },
+            wgpu::Extent3d { width, height: rows, depth_or_array_layers: 1 },
+        );
     }
 
     /// Writes `bytes` at byte `at` of `buffer`: whole words directly, cut words via `edges`.
@@ -124,6 +181,9 @@ impl WeightWriter {
     pub fn finish(mut self) -> Result<()> {
         for ((_, word), (buffer, bytes, _)) in self.edges.drain() {
             self.queue.write_buffer(&buffer, word, &bytes);
+        }
+        for ((texture, row), (bytes, _)) in std::mem::take(&mut self.row_edges) {
+            self.write_texels(&texture, row, &bytes);
         }
         let mut short: Vec<&str> = self
             .missing
