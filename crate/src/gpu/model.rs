@@ -185,9 +185,9 @@ pub enum WeightStorage {
     Auto,
     Buffer,
     /// rgba32uint textures, a texel per 32-weight group and a texel row per weight row:
-    /// SwiftShader fetches a texel with one 16-byte load per lane, where a storage buffer's
-    /// vec4 costs four 4-byte gathers, each with a branch per lane (decode's products 25–30%
-    /// faster there).
+    /// CPU drivers fetch a texel with one 16-byte load per lane, where a storage buffer's vec4
+    /// is four 4-byte gathers, each with a branch per lane on SwiftShader (one-token products
+    /// 16–28% faster there, 1.8× on lavapipe; prefill's tiles gain nothing).
     Texture,
 }
 
@@ -458,12 +458,12 @@ impl GpuModel {
             for (b, (&t, name)) in tensors.iter().zip(names).enumerate() {
                 let targets = |scales: bool| -> Vec<Target> {
                     let row = if scales { s_row } else { d_row };
-                    let into = |c: &WeightChunk| match (&c.data, scales) {
+                    let dest = |c: &WeightChunk| match (&c.data, scales) {
                         (ChunkData::Buffer(data), false) => Dest::Buffer(data.clone()),
                         (ChunkData::Texels(texture, _), false) => Dest::Texels(texture.clone()),
                         (_, true) => Dest::Buffer(c.scales.clone()),
                     };
-                    chunks.iter().map(|c| Target { row0: c.row0, rows: c.rows, into: into(c), offset: (b * c.rows * row) as u64 }).collect()
+                    chunks.iter().map(|c| Target { row0: c.row0, rows: c.rows, dest: dest(c), offset: (b * c.rows * row) as u64 }).collect()
                 };
                 writer.borrow_mut().add_tensor(t, name, d_row, s_row, targets(false), targets(true));
             }
@@ -505,8 +505,9 @@ impl GpuModel {
         }
         let final_norm = norm("model.norm.weight")?;
         let output = matrix("output.weight")?;
-        // Whether any matrix went to textures (q4 ones do when `texels`).
-        let texels_used = layers.iter().any(|l| matches!(l.5.chunks[0].data, ChunkData::Texels(..))) || matches!(output.chunks[0].data, ChunkData::Texels(..));
+        // Whether any matrix went to textures (q4 ones do when `texels`): w2 of each layer, the output.
+        let in_texture = |w: &Weight| matches!(w.chunks[0].data, ChunkData::Texels(..));
+        let texels_used = layers.iter().any(|l| in_texture(&l.5)) || in_texture(&output);
         let kv_cache = 2 * (c.num_layers * context * nkv * hd * kv_bytes) as u64;
         let weights_bytes = allocated.get() - weights_start - kv_cache;
 

@@ -24,7 +24,7 @@ use crate::model_dir::{BlobId, Manifest};
 pub(crate) struct Target {
     pub row0: usize,
     pub rows: usize,
-    pub into: Dest,
+    pub dest: Dest,
     pub offset: u64,
 }
 
@@ -77,7 +77,7 @@ impl WeightWriter {
     /// Registers the buffers of tensor `t` (rows of `data_row` and `scale_row` bytes).
     pub(crate) fn add_tensor(&mut self, t: usize, name: &str, data_row: usize, scale_row: usize, data: Vec<Target>, scales: Vec<Target>) {
         for target in data.iter().chain(&scales) {
-            if let Dest::Buffer(buffer) = &target.into {
+            if let Dest::Buffer(buffer) = &target.dest {
                 let next = self.buffer_ids.len();
                 self.buffer_ids.entry(buffer.clone()).or_insert(next);
             }
@@ -106,11 +106,11 @@ impl WeightWriter {
             let (b0, b1) = (target.row0 as u64 * row_bytes, (target.row0 + target.rows) as u64 * row_bytes);
             let (from, to) = (start.max(b0), end.min(b1));
             if from < to {
-                pieces.push((target.into.clone(), target.offset + from - b0, &bytes[(from - start) as usize..(to - start) as usize]));
+                pieces.push((target.dest.clone(), target.offset + from - b0, &bytes[(from - start) as usize..(to - start) as usize]));
             }
         }
-        for (into, at, piece) in pieces {
-            match into {
+        for (dest, at, piece) in pieces {
+            match dest {
                 Dest::Buffer(buffer) => self.write_words(&buffer, at, piece),
                 Dest::Texels(texture) => self.write_rows(&texture, row_bytes, at, piece),
             }
