@@ -5,7 +5,7 @@
 
 use wgpu::util::DeviceExt;
 
-use super::{layout_entry, preprocess::preprocess, Gpu};
+use super::{layout_entry, preprocess::preprocess, texels_descriptor, texels_layout_entry, Gpu};
 use crate::error::{Error, Result};
 
 /// A buffer of a launch, in binding order (the 32-byte parameter block is bound after them).
@@ -56,27 +56,9 @@ fn prepare(gpu: &Gpu, l: &Launch) -> Result<Prepared> {
             Buf::Out(x) => (*x, false),
             Buf::Texels(x, width) => {
                 let height = (x.len() / (16 * *width as usize)) as u32;
-                let texture = dev.create_texture_with_data(
-                    &gpu.queue,
-                    &wgpu::TextureDescriptor {
-                        label: None,
-                        size: wgpu::Extent3d { width: *width, height, depth_or_array_layers: 1 },
-                        mip_level_count: 1,
-                        sample_count: 1,
-                        dimension: wgpu::TextureDimension::D2,
-                        format: wgpu::TextureFormat::Rgba32Uint,
-                        usage: wgpu::TextureUsages::TEXTURE_BINDING,
-                        view_formats: &[],
-                    },
-                    wgpu::util::TextureDataOrder::LayerMajor,
-                    x,
-                );
-                entries.push(wgpu::BindGroupLayoutEntry {
-                    binding: b as u32,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Texture { sample_type: wgpu::TextureSampleType::Uint, view_dimension: wgpu::TextureViewDimension::D2, multisampled: false },
-                    count: None,
-                });
+                let desc = texels_descriptor(None, *width, height, wgpu::TextureUsages::empty());
+                let texture = dev.create_texture_with_data(&gpu.queue, &desc, wgpu::util::TextureDataOrder::LayerMajor, x);
+                entries.push(texels_layout_entry(b as u32));
                 resources.push(Resource::View(texture.create_view(&Default::default())));
                 continue;
             }

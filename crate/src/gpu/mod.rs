@@ -330,6 +330,31 @@ pub(crate) fn layout_entry(binding: u32, ty: wgpu::BufferBindingType) -> wgpu::B
     }
 }
 
+/// The binding of q4 weights as texels (matmul.wgsl's TEXELS): a texture_2d<u32>.
+pub(crate) fn texels_layout_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Texture { sample_type: wgpu::TextureSampleType::Uint, view_dimension: wgpu::TextureViewDimension::D2, multisampled: false },
+        count: None,
+    }
+}
+
+/// An rgba32uint texture of `rows` rows of `groups` texels: q4 weights, a 16-byte texel per
+/// 32-weight group.
+pub(crate) fn texels_descriptor(label: Option<&str>, groups: u32, rows: u32, usage: wgpu::TextureUsages) -> wgpu::TextureDescriptor<'_> {
+    wgpu::TextureDescriptor {
+        label,
+        size: wgpu::Extent3d { width: groups, height: rows, depth_or_array_layers: 1 },
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D2,
+        format: wgpu::TextureFormat::Rgba32Uint,
+        usage: usage | wgpu::TextureUsages::TEXTURE_BINDING,
+        view_formats: &[],
+    }
+}
+
 fn entry(binding: u32, buffer: &wgpu::Buffer) -> wgpu::BindGroupEntry<'_> {
     wgpu::BindGroupEntry {
         binding,

@@ -436,16 +436,7 @@ impl GpuModel {
                 .map(|row0| {
                     let n = per.min(rows - row0);
                     let data = if texels {
-                        let texture = dev.create_texture(&wgpu::TextureDescriptor {
-                            label: Some(names[0]),
-                            size: wgpu::Extent3d { width: groups as u32, height: (k * n) as u32, depth_or_array_layers: 1 },
-                            mip_level_count: 1,
-                            sample_count: 1,
-                            dimension: wgpu::TextureDimension::D2,
-                            format: wgpu::TextureFormat::Rgba32Uint,
-                            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
-                            view_formats: &[],
-                        });
+                        let texture = dev.create_texture(&super::texels_descriptor(Some(names[0]), groups as u32, (k * n) as u32, wgpu::TextureUsages::COPY_DST));
                         allocated.set(allocated.get() + (k * n * d_row) as u64);
                         let view = texture.create_view(&Default::default());
                         ChunkData::Texels(texture, view)

@@ -65,18 +65,7 @@ impl Pipelines {
                         Bind::Read => wgpu::BufferBindingType::Storage { read_only: true },
                         Bind::Write => wgpu::BufferBindingType::Storage { read_only: false },
                         Bind::Uniform => wgpu::BufferBindingType::Uniform,
-                        Bind::Texels => {
-                            return wgpu::BindGroupLayoutEntry {
-                                binding: b as u32,
-                                visibility: wgpu::ShaderStages::COMPUTE,
-                                ty: wgpu::BindingType::Texture {
-                                    sample_type: wgpu::TextureSampleType::Uint,
-                                    view_dimension: wgpu::TextureViewDimension::D2,
-                                    multisampled: false,
-                                },
-                                count: None,
-                            }
-                        }
+                        Bind::Texels => return super::texels_layout_entry(b as u32),
                     };
                     super::layout_entry(b as u32, ty)
                 })
